@@ -1,0 +1,64 @@
+"""Count the pre-tokens of a text file, in parallel over chunks, in memory bounded by distinct pre-tokens.
+
+The file is never read whole: it is cut into chunks at special tokens (see `chunking`), each worker process
+reads and counts its own chunks, and only the counts (one entry per distinct pre-token) travel back.
+"""
+
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Callable
+
+from cs336_bpe.chunking import chunk_spans, read_span
+from cs336_bpe.pretokenize import count_pretokens, special_tokens_pattern
+
+# Below this size one process is faster than starting workers.
+PARALLEL_MIN_BYTES = 1 << 20
+# Chunks bound each worker's memory (the decoded text of one chunk) while keeping scheduling overhead low.
+MAX_CHUNK_BYTES = 16 << 20
+
+
+def default_num_workers() -> int:
+    """The number of CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _count_span(job: tuple[str, int, int, list[str]]) -> Counter[str]:
+    path, start, end, special_tokens = job
+    return count_pretokens(read_span(path, start, end), special_tokens_pattern(special_tokens))
+
+
+def count_file_pretokens(
+    path: str | os.PathLike,
+    special_tokens: list[str],
+    num_workers: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Counter[str]:
+    """Pre-token counts of the whole file; `on_progress(bytes_done)` is called after each chunk."""
+    path = os.fspath(path)
+    file_size = os.path.getsize(path)
+    num_workers = num_workers or default_num_workers()
+    if file_size < PARALLEL_MIN_BYTES:
+        num_workers = 1
+    # About four chunks per worker keeps both workers busy until the end.
+    chunk_bytes = min(MAX_CHUNK_BYTES, max(1, file_size // (4 * num_workers)))
+    jobs = [(path, start, end, special_tokens) for start, end in chunk_spans(path, chunk_bytes, special_tokens)]
+
+    totals: Counter[str] = Counter()
+
+    def add(job, counts):
+        totals.update(counts)
+        if on_progress is not None:
+            on_progress(job[2] - job[1])
+
+    if num_workers == 1:
+        for job in jobs:
+            add(job, _count_span(job))
+        return totals
+    # "fork" shares the already-imported modules with the workers; fall back to the default elsewhere.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with context.Pool(num_workers) as pool:
+        for job, counts in zip(jobs, pool.imap(_count_span, jobs), strict=True):
+            add(job, counts)
+    return totals

@@ -1,0 +1,62 @@
+"""Shared fixtures: where the course fixtures and the shared corpora live, and the GPT-2 reference encoders."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("CS336_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+DATA = Path(os.environ.get("CS336_DATA", ROOT.parent / "shared" / "data"))
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: set CS336_FIXTURES / CS336_DATA to the shared folders")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return _require(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return _require(DATA)
+
+
+def gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's byte<->unicode table, written out independently of cs336_bpe (for the references)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    characters = printable[:]
+    shifted = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            characters.append(256 + shifted)
+            shifted += 1
+    return {chr(character): byte for byte, character in zip(printable, characters, strict=True)}
+
+
+@pytest.fixture(scope="session")
+def tiktoken_gpt2(fixtures_dir):
+    """tiktoken's GPT-2 encoding, built offline from the fixture vocabulary (tiktoken cannot download here)."""
+    tiktoken = pytest.importorskip("tiktoken")
+    decoder = gpt2_byte_decoder()
+    vocab = json.loads((fixtures_dir / "gpt2_vocab.json").read_text(encoding="utf-8"))
+    ranks = {bytes(decoder[c] for c in token): i for token, i in vocab.items() if token != "<|endoftext|>"}
+    return tiktoken.Encoding(
+        "gpt2-offline", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
+    )
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(fixtures_dir):
+    from cs336_bpe import Tokenizer
+
+    return Tokenizer.from_files(
+        fixtures_dir / "gpt2_vocab.json", fixtures_dir / "gpt2_merges.txt", special_tokens=["<|endoftext|>"]
+    )

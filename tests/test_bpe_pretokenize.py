@@ -1,0 +1,80 @@
+"""The fragment shortcut must give exactly GPT-2's regex pre-tokens; chunking must not change results."""
+
+from collections import Counter
+
+import pytest
+from cs336_bpe.chunking import chunk_spans, read_span
+from cs336_bpe.counting import count_file_pretokens
+from cs336_bpe.pretokenize import count_pretokens, pretokenize, special_tokens_pattern
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+SPECIALS = ["<|endoftext|>", "<|endoftext|><|endoftext|>", "<s>"]
+# Characters chosen to hit every branch of the regex and every whitespace subtlety.
+TRICKY = st.lists(
+    st.sampled_from(list("ab Zé1٣'s ll\n\t\r\x0b\x0c\x1c\x1f\u00a0\u3000\u2028!,.-<|>") + ["<|endoftext|>", "<s>"]),
+    max_size=60,
+).map("".join)
+
+
+def reference_counts(text: str, specials: list[str]) -> Counter:
+    pattern = special_tokens_pattern(specials)
+    segments = pattern.split(text) if pattern else [text]
+    return Counter(token for segment in segments for token in pretokenize(segment))
+
+
+@settings(max_examples=400, deadline=None)
+@given(TRICKY)
+def test_fragment_counting_equals_regex_on_tricky_text(text):
+    assert count_pretokens(text, special_tokens_pattern(SPECIALS)) == reference_counts(text, SPECIALS)
+    assert count_pretokens(text) == Counter(pretokenize(text))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_fragment_counting_equals_regex_on_any_unicode(text):
+    assert count_pretokens(text) == Counter(pretokenize(text))
+
+
+@pytest.mark.parametrize("relative", ["tinystories/valid.txt", "owt/owt_valid_sample.txt"])
+def test_fragment_counting_on_real_corpora(data_dir, relative):
+    text = (data_dir / relative).read_text(encoding="utf-8")
+    assert count_pretokens(text, special_tokens_pattern(["<|endoftext|>"])) == reference_counts(text, ["<|endoftext|>"])
+
+
+def test_pretokenize_example_from_handout():
+    assert pretokenize("some text that i'll pre-tokenize") == [
+        "some", " text", " that", " i", "'ll", " pre", "-", "tokenize"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=TRICKY, chunk_bytes=st.integers(1, 40))
+def test_chunks_cover_file_and_do_not_change_counts(tmp_path_factory, text, chunk_bytes):
+    path = tmp_path_factory.mktemp("chunks") / "text.txt"
+    path.write_bytes(text.encode("utf-8"))
+    if not text:
+        return
+    spans = chunk_spans(path, chunk_bytes, SPECIALS)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text.encode("utf-8"))
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    pieces = [read_span(path, start, end) for start, end in spans]
+    assert "".join(pieces) == text
+    pattern = special_tokens_pattern(SPECIALS)
+    assert sum((count_pretokens(piece, pattern) for piece in pieces), Counter()) == reference_counts(text, SPECIALS)
+
+
+def test_chunks_start_at_special_tokens(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("one story here.<|endoftext|>another story.<|endoftext|>third", encoding="utf-8")
+    spans = chunk_spans(path, 5, ["<|endoftext|>"])
+    assert [read_span(path, *span) for span in spans] == [
+        "one story here.", "<|endoftext|>another story.", "<|endoftext|>third"]
+
+
+def test_count_file_in_parallel_equals_single(tmp_path, data_dir):
+    text = (data_dir / "owt" / "owt_valid_sample.txt").read_text(encoding="utf-8")
+    path = tmp_path / "owt.txt"
+    path.write_text(text * 8, encoding="utf-8")  # > 1 MiB: really parallel
+    single = count_file_pretokens(path, ["<|endoftext|>"], num_workers=1)
+    assert count_file_pretokens(path, ["<|endoftext|>"], num_workers=2) == single
+    assert single == Counter({token: 8 * n for token, n in reference_counts(text, ["<|endoftext|>"]).items()})

@@ -1,0 +1,153 @@
+"""Tokenizer: tiktoken parity, round trips, streaming, special tokens, decoding errors, on-disk format."""
+
+import random
+
+import pytest
+from cs336_bpe import BPEInputError, Tokenizer, train_bpe
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+FIXTURE_TEXTS = ["corpus.en", "tinystories_sample.txt", "address.txt", "german.txt",
+                 "special_token_trailing_newlines.txt", "special_token_double_newlines_non_whitespace.txt"]
+DATA_TEXTS = ["tinystories/valid.txt", "tinystories/train.txt", "owt/owt_valid_sample.txt"]
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(fixtures_dir):
+    vocab, merges = train_bpe(fixtures_dir / "corpus.en", 500, ["<|endoftext|>"])
+    return Tokenizer(vocab, merges, ["<|endoftext|>", "<|endoftext|><|endoftext|>"])
+
+
+@pytest.mark.parametrize("name", FIXTURE_TEXTS)
+def test_matches_tiktoken_on_fixtures(fixtures_dir, gpt2_tokenizer, tiktoken_gpt2, name):
+    text = (fixtures_dir / name).read_text(encoding="utf-8")
+    ids = gpt2_tokenizer.encode(text)
+    assert ids == tiktoken_gpt2.encode(text, allowed_special={"<|endoftext|>"})
+    assert gpt2_tokenizer.decode(ids) == text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("relative", DATA_TEXTS)
+def test_matches_tiktoken_on_shared_corpora(data_dir, gpt2_tokenizer, tiktoken_gpt2, relative):
+    text = (data_dir / relative).read_text(encoding="utf-8")
+    assert gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode(text, allowed_special={"<|endoftext|>"})
+
+
+def test_special_token_edge_cases_next_to_newlines(gpt2_tokenizer, tiktoken_gpt2):
+    for text in ["<|endoftext|>\n\ntesting!<|endoftext|>\n\n", "Hello\n<|endoftext|>\n", "\n\n<|endoftext|>",
+                 "a <|endoftext|> b", "<|endoftext|><|endoftext|>", "x\n \n<|endoftext|> y"]:
+        assert gpt2_tokenizer.encode(text) == tiktoken_gpt2.encode(text, allowed_special={"<|endoftext|>"})
+
+
+def test_without_special_tokens_the_marker_is_plain_text(fixtures_dir, tiktoken_gpt2):
+    tokenizer = Tokenizer.from_files(fixtures_dir / "gpt2_vocab.json", fixtures_dir / "gpt2_merges.txt")
+    text = "Hello<|endoftext|>"
+    assert tokenizer.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_overlapping_special_tokens_longest_wins(small_tokenizer):
+    double = small_tokenizer.special_token_ids["<|endoftext|><|endoftext|>"]
+    single = small_tokenizer.special_token_ids["<|endoftext|>"]
+    ids = small_tokenizer.encode("a<|endoftext|><|endoftext|>b<|endoftext|>")
+    assert ids.count(double) == 1 and ids.count(single) == 1
+    assert small_tokenizer.decode(ids) == "a<|endoftext|><|endoftext|>b<|endoftext|>"
+
+
+def test_missing_special_tokens_are_appended(small_tokenizer):
+    assert small_tokenizer.special_token_ids["<|endoftext|>"] == 0
+    assert small_tokenizer.special_token_ids["<|endoftext|><|endoftext|>"] == 500
+    assert small_tokenizer.vocab_size == 501
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_round_trip_any_unicode(small_tokenizer, text):
+    assert small_tokenizer.decode(small_tokenizer.encode(text)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["<|endoftext|>", "<|endoftext|><|endoftext|>"])),
+                max_size=10))
+def test_round_trip_with_special_tokens(small_tokenizer, parts):
+    text = "".join(parts)
+    ids = small_tokenizer.encode(text)
+    assert small_tokenizer.decode(ids) == text
+    assert ids.count(0) == text.replace("<|endoftext|><|endoftext|>", "").count("<|endoftext|>")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.text(alphabet="ab é\n!<|>", max_size=12),
+                          st.sampled_from(["<|endoftext|>", " the", "<|endoftext|><|endoftext|>"])), max_size=12),
+       st.randoms(use_true_random=False))
+def test_encode_iterable_equals_encode_under_random_chunking(small_tokenizer, parts, rng):
+    text = "".join(parts)
+    cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 8))))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert list(small_tokenizer.encode_iterable(pieces)) == small_tokenizer.encode(text)
+
+
+def test_encode_iterable_on_file_lines_is_lazy_and_exact(fixtures_dir, gpt2_tokenizer):
+    text = (fixtures_dir / "tinystories_sample.txt").read_text(encoding="utf-8")
+    with open(fixtures_dir / "tinystories_sample.txt", encoding="utf-8") as handle:
+        assert list(gpt2_tokenizer.encode_iterable(handle)) == gpt2_tokenizer.encode(text)
+
+    consumed = []
+
+    def lines():
+        for line in text.splitlines(keepends=True):
+            consumed.append(line)
+            yield line
+
+    stream = gpt2_tokenizer.encode_iterable(lines())
+    next(stream)
+    assert len(consumed) < 5  # the first ids come before the whole input is read
+
+
+def test_random_character_chunking_of_real_text(fixtures_dir, gpt2_tokenizer):
+    text = (fixtures_dir / "tinystories_sample.txt").read_text(encoding="utf-8")
+    rng = random.Random(0)
+    cuts = sorted(rng.sample(range(len(text)), 300))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert list(gpt2_tokenizer.encode_iterable(pieces)) == gpt2_tokenizer.encode(text)
+
+
+def test_decode_replaces_malformed_utf8(small_tokenizer):
+    byte_id = {token: i for i, token in small_tokenizer.vocab.items()}
+    ids = [byte_id[b"a"], byte_id[bytes([0xE2])], byte_id[bytes([0x82])], byte_id[b"b"]]  # truncated "€"
+    assert small_tokenizer.decode(ids) == "a\ufffdb"
+
+
+def test_decode_unknown_id_is_a_clear_error(small_tokenizer):
+    with pytest.raises(BPEInputError, match="token id 99999 is not in the vocabulary"):
+        small_tokenizer.decode([1, 99999])
+
+
+def test_save_load_round_trips_arbitrary_bytes(tmp_path):
+    vocab = {0: "<|é|>".encode(), **{1 + b: bytes([b]) for b in range(256)}}
+    merges = [(b"\xe2", b"\x82"), (b" ", b"\n"), (b"\xe2\x82", b"\xac"), (b"\x00", b"\xff")]
+    for index, (left, right) in enumerate(merges):
+        vocab[257 + index] = left + right
+    tokenizer = Tokenizer(vocab, merges, ["<|é|>"])
+    tokenizer.save(tmp_path / "tok")
+    loaded = Tokenizer.load(tmp_path / "tok")
+    assert loaded.vocab == tokenizer.vocab and loaded.merges == merges and loaded.special_tokens == ["<|é|>"]
+    assert loaded.fingerprint() == tokenizer.fingerprint()
+    assert loaded.encode("€ \n<|é|>") == tokenizer.encode("€ \n<|é|>") == [259, 258, 0]
+    # The files are GPT-2 style: the space byte shows as Ġ and newline as Ċ.
+    assert "Ġ Ċ" in (tmp_path / "tok" / "merges.txt").read_text(encoding="utf-8")
+
+
+def test_fingerprint_distinguishes_tokenizers(small_tokenizer, gpt2_tokenizer):
+    assert small_tokenizer.fingerprint() != gpt2_tokenizer.fingerprint()
+
+
+def test_bad_vocabularies_are_clear_errors(tmp_path):
+    with pytest.raises(BPEInputError, match="lacks 1 single bytes"):
+        Tokenizer({b: bytes([b]) for b in range(255)}, [])
+    with pytest.raises(BPEInputError, match="not in the vocabulary"):
+        Tokenizer({b: bytes([b]) for b in range(256)}, [(b"a", b"b")])
+    with pytest.raises(BPEInputError, match="is not a tokenizer directory"):
+        Tokenizer.load(tmp_path)
+    (tmp_path / "vocab.json").write_text("not json", encoding="utf-8")
+    with pytest.raises(BPEInputError, match="not valid JSON"):
+        Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
