@@ -13,8 +13,9 @@ from typing import IO, Any, BinaryIO
 
 import numpy.typing as npt
 import torch
-from cs336_bpe import Tokenizer, train_bpe
 from torch import Tensor
+
+from cs336_bpe import Tokenizer, train_bpe
 
 
 def _not_yet(package: str):

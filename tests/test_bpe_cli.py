@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from cs336_bpe import Tokenizer
 from cs336_bpe.cli import main
 

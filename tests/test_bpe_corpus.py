@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from cs336_bpe import BPEInputError, Tokenizer
 from cs336_bpe.corpus import encode_file, open_token_file, token_dtype
 

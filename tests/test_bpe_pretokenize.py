@@ -3,11 +3,12 @@
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cs336_bpe.chunking import chunk_spans, read_span
 from cs336_bpe.counting import count_file_pretokens
 from cs336_bpe.pretokenize import count_pretokens, pretokenize, special_tokens_pattern
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SPECIALS = ["<|endoftext|>", "<|endoftext|><|endoftext|>", "<s>"]
 # Characters chosen to hit every branch of the regex and every whitespace subtlety.

@@ -3,9 +3,10 @@
 import random
 
 import pytest
-from cs336_bpe import BPEInputError, Tokenizer, train_bpe
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from cs336_bpe import BPEInputError, Tokenizer, train_bpe
 
 FIXTURE_TEXTS = ["corpus.en", "tinystories_sample.txt", "address.txt", "german.txt",
                  "special_token_trailing_newlines.txt", "special_token_double_newlines_non_whitespace.txt"]

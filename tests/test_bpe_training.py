@@ -4,13 +4,13 @@ import json
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cs336_bpe import BPEInputError, train_bpe
 from cs336_bpe.merging import learn_merges
 from cs336_bpe.pretokenize import pretokenize
 from cs336_bpe.training import initial_vocab
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import gpt2_byte_decoder
 
 

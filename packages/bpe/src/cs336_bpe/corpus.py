@@ -80,9 +80,12 @@ def encode_file(
             results = map(_encode_span, jobs)
             pool = None
         else:
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork" if "fork" in methods else None)
-            pool = context.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer,))
+            if "fork" in multiprocessing.get_all_start_methods():
+                # Forked workers inherit the tokenizer, caches included: nothing to pickle or rebuild.
+                _init_worker(tokenizer)
+                pool = multiprocessing.get_context("fork").Pool(num_workers)
+            else:
+                pool = multiprocessing.get_context().Pool(num_workers, _init_worker, (tokenizer,))
             # imap keeps the chunks in file order; workers run ahead while we write.
             results = pool.imap(_encode_span, jobs)
         try:
