@@ -16,7 +16,7 @@ temporary name and is renamed only when complete: an interrupted run leaves no p
 import json
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,24 @@ def _encode_span(job: tuple[str, int, int, str]) -> np.ndarray:
     return np.array(_worker_tokenizer.encode(read_span(path, start, end)), dtype=dtype)
 
 
+def _encoded_chunks(tokenizer: Tokenizer, jobs: list, num_workers: int) -> Iterator[np.ndarray]:
+    """The token ids of each job's span, in file order."""
+    _init_worker(tokenizer)
+    if num_workers == 1 or len(jobs) == 1:
+        yield from map(_encode_span, jobs)
+        return
+    if "fork" not in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context().Pool(num_workers, _init_worker, (tokenizer,)) as pool:
+            yield from pool.imap(_encode_span, jobs)
+        return
+    # Encode the first chunk here, then fork: the workers inherit the tokenizer with its caches already
+    # holding the common words, so nothing is pickled and the cache warm-up is not repeated per worker.
+    yield _encode_span(jobs[0])
+    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+        # imap returns the chunks in file order while the workers run ahead.
+        yield from pool.imap(_encode_span, jobs[1:])
+
+
 def encode_file(
     tokenizer: Tokenizer,
     input_path: str | os.PathLike,
@@ -75,30 +93,12 @@ def encode_file(
 
     num_tokens, bytes_done = 0, 0
     with atomic_write(output_path, "wb") as handle:
-        if num_workers == 1:
-            _init_worker(tokenizer)
-            results = map(_encode_span, jobs)
-            pool = None
-        else:
-            if "fork" in multiprocessing.get_all_start_methods():
-                # Forked workers inherit the tokenizer, caches included: nothing to pickle or rebuild.
-                _init_worker(tokenizer)
-                pool = multiprocessing.get_context("fork").Pool(num_workers)
-            else:
-                pool = multiprocessing.get_context().Pool(num_workers, _init_worker, (tokenizer,))
-            # imap keeps the chunks in file order; workers run ahead while we write.
-            results = pool.imap(_encode_span, jobs)
-        try:
-            for job, token_ids in zip(jobs, results, strict=True):
-                handle.write(token_ids.tobytes())
-                num_tokens += len(token_ids)
-                bytes_done += job[2] - job[1]
-                if on_progress is not None:
-                    on_progress(bytes_done, file_size)
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+        for job, token_ids in zip(jobs, _encoded_chunks(tokenizer, jobs, num_workers), strict=True):
+            handle.write(token_ids.tobytes())
+            num_tokens += len(token_ids)
+            bytes_done += job[2] - job[1]
+            if on_progress is not None:
+                on_progress(bytes_done, file_size)
 
     metadata = {
         "format": TOKEN_FILE_FORMAT,

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from itertools import chain, islice
+from itertools import chain, islice, repeat
 from pathlib import Path
 
 from cs336_bpe import gpt2_format
@@ -103,6 +103,7 @@ class Tokenizer:
                     f"merge #{rank} {left!r} + {right!r} uses {error.args[0]!r}, which is not in the vocabulary"
                 ) from None
             self._merge_table.setdefault(pair, (rank, merged))
+        self._merge_pairs = {rank: pair for pair, (rank, _) in self._merge_table.items()}
 
         self._special_split_re = special_tokens_pattern(self.special_tokens, capture=True)
         self._max_special_length = max(map(len, self.special_tokens), default=0)
@@ -169,14 +170,13 @@ class Tokenizer:
     def _bpe(self, token_bytes: bytes) -> list[int]:
         """Apply the merges to one pre-token's bytes, earliest-learned merge first."""
         ids = [self._byte_ids[byte] for byte in token_bytes]
-        merge_table = self._merge_table
+        lookup = self._merge_table.get
         while len(ids) > 1:
-            pairs = list(zip(ids, ids[1:], strict=False))
-            ranks = [merge_table.get(pair, _NO_MERGE) for pair in pairs]
-            best_rank, merged = min(ranks)
+            # The (rank, merged id) of every adjacent pair; pairs that are not merges get _NO_MERGE.
+            rank, merged = min(map(lookup, zip(ids, ids[1:]), repeat(_NO_MERGE)))
             if merged < 0:
                 break
-            left, right = pairs[ranks.index((best_rank, merged))]
+            left, right = self._merge_pairs[rank]
             new_ids, position, length = [], 0, len(ids)
             while position < length:
                 if position + 1 < length and ids[position] == left and ids[position + 1] == right:
