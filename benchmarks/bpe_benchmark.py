@@ -125,7 +125,8 @@ if job == "train":
 else:
     encode_file(Tokenizer.load(tok_dir), path, path + ".bin", num_workers=2)
 seconds = time.perf_counter() - start
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and would include the benchmark's own memory.
+own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
 workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(f"{seconds:.2f} {own:.0f} {workers:.0f}")
 """

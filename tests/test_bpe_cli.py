@@ -58,6 +58,10 @@ def test_bad_input_exits_nonzero_with_message(tmp_path, fixtures_dir, runner):
         result = runner.invoke(main, arguments)
         assert result.exit_code == 1, (arguments, result.output)
         assert message in result.output
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = runner.invoke(main, ["train", str(source), "--vocab-size", "300", "--out", str(blocker / "tok")])
+    assert result.exit_code == 1 and "cannot create output directory" in result.output
     binary = tmp_path / "binary.bin"
     binary.write_bytes(bytes(range(256)))
     result = runner.invoke(main, ["train", str(binary), "--vocab-size", "300", "--out", str(tmp_path / "t")])

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from cs336_bpe.atomic import ensure_writable_directory
 from cs336_bpe.corpus import encode_file, open_token_file
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.stats import longest_tokens, measure_encoding, vocabulary_overlap
@@ -102,6 +103,7 @@ def train(input_path, vocab_size, special_tokens, no_special_tokens, out_dir, wo
     """Train a tokenizer on INPUT_PATH, a UTF-8 text file."""
     started = time.perf_counter()
     special_tokens = [] if no_special_tokens else list(special_tokens)
+    ensure_writable_directory(out_dir)  # fail before training, not after
     progress_bar = _Progress(progress)
     try:
         vocab, merges = train_bpe(input_path, vocab_size, special_tokens, workers, on_progress=progress_bar)
