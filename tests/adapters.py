@@ -15,6 +15,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+import cs336_nn as nn_
 from cs336_bpe import Tokenizer, train_bpe
 
 
@@ -23,54 +24,80 @@ def _not_yet(package: str):
 
 
 def run_linear(d_in: int, d_out: int, weights: Tensor, in_features: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    layer = nn_.Linear(d_in, d_out, device=weights.device, dtype=weights.dtype)
+    layer.load_state_dict({"weight": weights})
+    return layer(in_features)
 
 
 def run_embedding(vocab_size: int, d_model: int, weights: Tensor, token_ids: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    layer = nn_.Embedding(vocab_size, d_model, device=weights.device, dtype=weights.dtype)
+    layer.load_state_dict({"weight": weights})
+    return layer(token_ids)
 
 
 def run_swiglu(d_model: int, d_ff: int, w1_weight: Tensor, w2_weight: Tensor, w3_weight: Tensor,
                in_features: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    layer = nn_.SwiGLU(d_model, d_ff, device=w1_weight.device, dtype=w1_weight.dtype)
+    layer.load_state_dict({"w1.weight": w1_weight, "w2.weight": w2_weight, "w3.weight": w3_weight})
+    return layer(in_features)
 
 
 def run_scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
-    _not_yet("cs336-nn")
+    return nn_.scaled_dot_product_attention(Q, K, V, mask)
 
 
 def run_multihead_self_attention(d_model: int, num_heads: int, q_proj_weight: Tensor, k_proj_weight: Tensor,
                                  v_proj_weight: Tensor, o_proj_weight: Tensor, in_features: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    attention = nn_.MultiHeadSelfAttention(d_model, num_heads, device=q_proj_weight.device, dtype=q_proj_weight.dtype)
+    attention.load_state_dict({"q_proj.weight": q_proj_weight, "k_proj.weight": k_proj_weight,
+                               "v_proj.weight": v_proj_weight, "output_proj.weight": o_proj_weight})
+    return attention(in_features)
 
 
 def run_multihead_self_attention_with_rope(d_model: int, num_heads: int, max_seq_len: int, theta: float,
                                            q_proj_weight: Tensor, k_proj_weight: Tensor, v_proj_weight: Tensor,
                                            o_proj_weight: Tensor, in_features: Tensor,
                                            token_positions: Tensor | None = None) -> Tensor:
-    _not_yet("cs336-nn")
+    rope = nn_.RotaryPositionalEmbedding(theta, d_model // num_heads, max_seq_len, device=in_features.device)
+    attention = nn_.MultiHeadSelfAttention(d_model, num_heads, rope=rope, device=q_proj_weight.device,
+                                           dtype=q_proj_weight.dtype)
+    attention.load_state_dict({"q_proj.weight": q_proj_weight, "k_proj.weight": k_proj_weight,
+                               "v_proj.weight": v_proj_weight, "output_proj.weight": o_proj_weight})
+    return attention(in_features, token_positions)
 
 
 def run_rope(d_k: int, theta: float, max_seq_len: int, in_query_or_key: Tensor, token_positions: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    return nn_.RotaryPositionalEmbedding(theta, d_k, max_seq_len, device=in_query_or_key.device)(
+        in_query_or_key, token_positions)
 
 
 def run_transformer_block(d_model: int, num_heads: int, d_ff: int, max_seq_len: int, theta: float,
                           weights: dict[str, Tensor], in_features: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    config = nn_.ModelConfig(vocab_size=1, context_length=max_seq_len, d_model=d_model, num_layers=1,
+                             num_heads=num_heads, d_ff=d_ff, rope_theta=theta)
+    rope = nn_.RotaryPositionalEmbedding(theta, d_model // num_heads, max_seq_len, device=in_features.device)
+    block = nn_.TransformerBlock(config, rope, device=in_features.device)
+    block.load_state_dict(weights)
+    return block(in_features)
 
 
 def run_transformer_lm(vocab_size: int, context_length: int, d_model: int, num_layers: int, num_heads: int,
                        d_ff: int, rope_theta: float, weights: dict[str, Tensor], in_indices: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    config = nn_.ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model,
+                             num_layers=num_layers, num_heads=num_heads, d_ff=d_ff, rope_theta=rope_theta)
+    model = nn_.TransformerLM(config, device=in_indices.device)
+    model.load_state_dict(weights)
+    return model(in_indices)
 
 
 def run_rmsnorm(d_model: int, eps: float, weights: Tensor, in_features: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    layer = nn_.RMSNorm(d_model, eps=eps, device=weights.device, dtype=weights.dtype)
+    layer.load_state_dict({"weight": weights})
+    return layer(in_features)
 
 
 def run_silu(in_features: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    return nn_.silu(in_features)
 
 
 def run_get_batch(dataset: npt.NDArray, batch_size: int, context_length: int, device: str) -> tuple[Tensor, Tensor]:
@@ -78,11 +105,11 @@ def run_get_batch(dataset: npt.NDArray, batch_size: int, context_length: int, de
 
 
 def run_softmax(in_features: Tensor, dim: int) -> Tensor:
-    _not_yet("cs336-nn")
+    return nn_.softmax(in_features, dim=dim)
 
 
 def run_cross_entropy(inputs: Tensor, targets: Tensor) -> Tensor:
-    _not_yet("cs336-nn")
+    return nn_.cross_entropy(inputs, targets)
 
 
 def run_gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float) -> None:

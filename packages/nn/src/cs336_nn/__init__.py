@@ -1,1 +1,27 @@
-"""cs336-nn: not implemented yet; see packages/nn/README.md for what it will hold."""
+"""cs336-nn: a Transformer language model built from tensor operations (handout §3), plus its loss.
+
+    >>> import torch
+    >>> from cs336_nn import ModelConfig, TransformerLM
+    >>> model = TransformerLM(ModelConfig(vocab_size=100, context_length=16, d_model=32, num_layers=2, num_heads=4))
+    >>> model(torch.zeros(1, 8, dtype=torch.long)).shape
+    torch.Size([1, 8, 100])
+"""
+
+from cs336_nn.activations import relu, silu, softmax
+from cs336_nn.attention import MultiHeadSelfAttention, causal_attention, causal_mask, scaled_dot_product_attention
+from cs336_nn.block import TransformerBlock
+from cs336_nn.config import ModelConfig
+from cs336_nn.embedding import Embedding
+from cs336_nn.feedforward import MLP, SwiGLU, default_swiglu_d_ff
+from cs336_nn.linear import Linear
+from cs336_nn.loss import cross_entropy, perplexity
+from cs336_nn.rmsnorm import LayerNorm, RMSNorm
+from cs336_nn.rope import RotaryPositionalEmbedding
+from cs336_nn.transformer_lm import TransformerLM
+
+__all__ = [
+    "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig", "MultiHeadSelfAttention", "RMSNorm",
+    "RotaryPositionalEmbedding", "SwiGLU", "TransformerBlock", "TransformerLM", "causal_attention", "causal_mask",
+    "cross_entropy", "default_swiglu_d_ff", "perplexity", "relu", "scaled_dot_product_attention", "silu", "softmax",
+]
+__version__ = "0.1.0"
