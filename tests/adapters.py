@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 import cs336_nn as nn_
+import cs336_optim as optim_
 from cs336_bpe import Tokenizer, train_bpe
 
 
@@ -113,16 +114,16 @@ def run_cross_entropy(inputs: Tensor, targets: Tensor) -> Tensor:
 
 
 def run_gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float) -> None:
-    _not_yet("cs336-optim")
+    optim_.clip_gradients(parameters, max_l2_norm)
 
 
 def get_adamw_cls() -> Any:
-    _not_yet("cs336-optim")
+    return optim_.AdamW
 
 
 def run_get_lr_cosine_schedule(it: int, max_learning_rate: float, min_learning_rate: float, warmup_iters: int,
                                cosine_cycle_iters: int) -> float:
-    _not_yet("cs336-optim")
+    return optim_.cosine_schedule(it, max_learning_rate, min_learning_rate, warmup_iters, cosine_cycle_iters)
 
 
 def run_save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,

@@ -1,0 +1,79 @@
+"""`AdamW` (Loshchilov & Hutter), exactly as the handout's Algorithm 1 (§4.3):
+
+    m ← β1 m + (1 - β1) g                   first moment: a running mean of the gradient
+    v ← β2 v + (1 - β2) g²                  second moment: a running mean of its square
+    α_t ← α · sqrt(1 - β2^t) / (1 - β1^t)   bias correction (m and v start at 0)
+    θ ← θ - α_t · m / (sqrt(v) + ε)         each coordinate's step is scaled by its own gradient size
+    θ ← θ - α λ θ                           decoupled weight decay: not part of the gradient, so not rescaled
+
+Why "decoupled": adding λθ to the gradient (L2 regularisation, as in Adam) would divide the decay by sqrt(v),
+shrinking it for parameters with large gradients. AdamW decays every weight at the same rate α λ.
+
+Each update runs on all parameters of a group at once with torch's `_foreach_*` operations: a handful of
+kernels per step instead of a Python loop over parameters.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+
+
+class AdamW(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        if lr < 0:
+            raise ValueError(f"learning rate must be >= 0, got {lr}")
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"eps and weight_decay must be >= 0, got {eps} and {weight_decay}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            parameters = [p for p in group["params"] if p.grad is not None]
+            if not parameters:
+                continue
+            lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            gradients = [p.grad for p in parameters]
+            states = [self.state[p] for p in parameters]
+            for parameter, state in zip(parameters, states):
+                if not state:
+                    state["t"] = 0
+                    state["m"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+                    state["v"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+                state["t"] += 1
+            first_moments = [state["m"] for state in states]
+            second_moments = [state["v"] for state in states]
+
+            torch._foreach_lerp_(first_moments, gradients, 1 - beta1)  # m = β1 m + (1 - β1) g
+            torch._foreach_mul_(second_moments, beta2)
+            torch._foreach_addcmul_(second_moments, gradients, gradients, value=1 - beta2)  # v += (1 - β2) g²
+
+            step_sizes = [lr * math.sqrt(1 - beta2 ** state["t"]) / (1 - beta1 ** state["t"]) for state in states]
+            denominators = torch._foreach_sqrt(second_moments)
+            torch._foreach_add_(denominators, eps)
+            torch._foreach_addcdiv_(parameters, first_moments, denominators, [-size for size in step_sizes])
+            if weight_decay:
+                torch._foreach_mul_(parameters, 1 - lr * weight_decay)
+        return loss
+
+
+def parameter_groups(named_parameters, weight_decay: float) -> list[dict]:
+    """Two groups: matrices get weight decay; norms' gains, biases and embeddings do not.
+
+    Decaying a norm's gain or a bias pulls it towards 0, which is not a simpler model, just a different one;
+    embeddings are rows looked up, and rare tokens would be decayed away between their updates.
+    """
+    decay, no_decay = [], []
+    for name, parameter in named_parameters:
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or "embedding" in name else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,170 @@
+"""cs336_optim against torch.optim.AdamW, clip_grad_norm_, the handout's schedule and a naive Algorithm 1."""
+
+import copy as copy_module
+import math
+
+import pytest
+import torch
+
+import cs336_optim as optim_
+from tests import adapters
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def train(optimizer_factory, steps=30, seed=0):
+    model = make_model(seed)
+    optimizer = optimizer_factory(model.parameters())
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(16, 6, generator=generator), torch.randn(16, 3, generator=generator)
+        optimizer.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        optimizer.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), optimizer
+
+
+def naive_adamw_step(params, state, lr, betas, eps, weight_decay):
+    """Algorithm 1 of the handout, one parameter at a time, in float64."""
+    for index, p in enumerate(params):
+        m, v, t = state.setdefault(index, [torch.zeros_like(p), torch.zeros_like(p), 0])
+        t += 1
+        g = p.grad
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        alpha_t = lr * math.sqrt(1 - betas[1] ** t) / (1 - betas[0] ** t)
+        with torch.no_grad():
+            p -= alpha_t * m / (torch.sqrt(v) + eps)
+            p -= lr * weight_decay * p
+        state[index] = [m, v, t]
+
+
+def test_adamw_matches_torch_adamw():
+    settings = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ours, _ = train(lambda p: adapters.get_adamw_cls()(p, **settings))
+    theirs, _ = train(lambda p: torch.optim.AdamW(p, **settings))
+    # torch decays before the Adam step, the handout after: the two drift apart by O(lr² λ) per step, far less
+    # than what weight decay itself moves (checked below). The exact algorithm is checked against Algorithm 1.
+    torch.testing.assert_close(ours, theirs, atol=5e-4, rtol=0)
+    without_decay = {**settings, "weight_decay": 0.0}
+    ours_without, _ = train(lambda p: optim_.AdamW(p, **without_decay))
+    theirs_without, _ = train(lambda p: torch.optim.AdamW(p, **without_decay))
+    torch.testing.assert_close(ours_without, theirs_without, atol=1e-6, rtol=1e-5)
+    assert (ours - ours_without).abs().max() > 10 * (ours - theirs).abs().max()
+
+
+def test_adamw_is_exactly_algorithm_1():
+    torch.manual_seed(0)
+    params = [torch.randn(5, 4, dtype=torch.float64, requires_grad=True), torch.randn(3, dtype=torch.float64,
+                                                                                     requires_grad=True)]
+    reference = [p.detach().clone().requires_grad_(True) for p in params]
+    optimizer = optim_.AdamW(params, lr=0.1, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.5)
+    state = {}
+    for step in range(5):
+        gradients = [torch.randn_like(p) for p in params]
+        for p, r, g in zip(params, reference, gradients):
+            p.grad, r.grad = g.clone(), g.clone()
+        optimizer.step()
+        naive_adamw_step(reference, state, 0.1, (0.8, 0.9), 1e-6, 0.5)
+        for p, r in zip(params, reference):
+            torch.testing.assert_close(p, r, atol=1e-12, rtol=1e-12, msg=f"step {step}")
+
+
+def test_adamw_state_dict_round_trip_continues_identically():
+    settings = dict(lr=1e-2, weight_decay=0.1)
+    model = make_model()
+    optimizer = optim_.AdamW(model.parameters(), **settings)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 6)).sum().backward()
+        optimizer.step()
+    copy = make_model(seed=5)
+    copy.load_state_dict(model.state_dict())
+    copied_optimizer = optim_.AdamW(copy.parameters(), **settings)
+    copied_optimizer.load_state_dict(copy_module.deepcopy(optimizer.state_dict()))  # as torch.save/load would
+    x = torch.randn(4, 6)
+    for m, o in ((model, optimizer), (copy, copied_optimizer)):
+        o.zero_grad()
+        m(x).sum().backward()
+        o.step()
+    for a, b in zip(model.parameters(), copy.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_parameter_groups_skip_norms_and_embeddings():
+    import cs336_nn as nn_
+
+    model = nn_.TransformerLM(nn_.ModelConfig(vocab_size=50, context_length=8, d_model=16, num_layers=1,
+                                              num_heads=2))
+    decay, no_decay = optim_.parameter_groups(model.named_parameters(), weight_decay=0.1)
+    def holds(group, parameter):
+        return any(candidate is parameter for candidate in group["params"])
+
+    assert holds(no_decay, model.token_embeddings.weight) and holds(no_decay, model.ln_final.weight)
+    assert holds(decay, model.lm_head.weight) and decay["weight_decay"] == 0.1
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_make_adamw_switch():
+    model = make_model()
+    assert isinstance(optim_.make_adamw(model.parameters(), impl="scratch", lr=1e-3), optim_.AdamW)
+    assert isinstance(optim_.make_adamw(model.parameters(), impl="torch", lr=1e-3), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="not one of"):
+        optim_.make_adamw(model.parameters(), impl="jax")
+
+
+def test_sgd_decaying_step_example():
+    """The handout's example: lr / sqrt(t + 1) on loss = mean(w²); larger lr converges faster, lr=1e3 diverges."""
+    def final_loss(lr):
+        torch.manual_seed(0)
+        weights = torch.nn.Parameter(5 * torch.randn(10, 10))
+        optimizer = optim_.SGD([weights], lr=lr)
+        for _ in range(10):
+            optimizer.zero_grad()
+            loss = (weights ** 2).mean()
+            loss.backward()
+            optimizer.step()
+        return loss.item()
+
+    assert final_loss(1e1) < final_loss(1e0) < 25
+    assert final_loss(1e3) > 1e10
+    weights = torch.nn.Parameter(torch.tensor([1.0]))
+    optimizer = optim_.SGD([weights], lr=0.5)
+    for _ in range(3):
+        weights.grad = torch.tensor([1.0])
+        optimizer.step()
+    assert math.isclose(weights.item(), 1 - 0.5 * (1 + 1 / math.sqrt(2) + 1 / math.sqrt(3)), rel_tol=1e-6)
+
+
+def test_cosine_schedule_matches_handout():
+    # The course test's values: max 1, min 0.1, warm-up 7, cycle 21.
+    expected = [0, 0.14285714285714285, 0.2857142857142857, 0.42857142857142855, 0.5714285714285714,
+                0.7142857142857143, 0.8571428571428571, 1.0, 0.9887175604818206, 0.9554359905560885,
+                0.9018241671106134, 0.8305704108364301, 0.7452476826029011, 0.6501344202803414,
+                0.55, 0.44986557971965857, 0.3547523173970989, 0.26942958916356996, 0.19817583288938662,
+                0.14456400944391146, 0.11128243951817937, 0.1, 0.1, 0.1, 0.1]
+    actual = [adapters.run_get_lr_cosine_schedule(it, 1.0, 0.1, 7, 21) for it in range(25)]
+    assert actual == pytest.approx(expected)
+
+
+def test_wsd_schedule_shape():
+    lrs = [optim_.wsd_schedule(it, 1.0, 0.1, warmup_iters=10, total_iters=100, decay_iters=20) for it in range(101)]
+    assert lrs[0] == 0 and lrs[5] == 0.5 and lrs[10] == lrs[79] == 1.0
+    assert lrs[90] == pytest.approx(0.55) and lrs[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+@pytest.mark.parametrize("max_norm", [1e-2, 1.0, 1e4])
+def test_clipping_matches_clip_grad_norm(max_norm):
+    ours_model, reference_model = make_model(), make_model()
+    x = torch.randn(8, 6)
+    for model in (ours_model, reference_model):
+        (model(x) ** 2).sum().backward()
+    norm = optim_.clip_gradients(ours_model.parameters(), max_norm)
+    expected_norm = torch.nn.utils.clip_grad_norm_(reference_model.parameters(), max_norm)
+    torch.testing.assert_close(norm, expected_norm)
+    for a, b in zip(ours_model.parameters(), reference_model.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5)
