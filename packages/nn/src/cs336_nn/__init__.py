@@ -7,6 +7,14 @@
     torch.Size([1, 8, 100])
 """
 
+from cs336_nn.accounting import (
+    ForwardFlops,
+    TrainingMemory,
+    count_parameters,
+    forward_flops,
+    training_flops_per_token,
+    training_memory,
+)
 from cs336_nn.activations import relu, silu, softmax
 from cs336_nn.attention import MultiHeadSelfAttention, causal_attention, causal_mask, scaled_dot_product_attention
 from cs336_nn.block import TransformerBlock
@@ -20,7 +28,8 @@ from cs336_nn.rope import RotaryPositionalEmbedding
 from cs336_nn.transformer_lm import TransformerLM
 
 __all__ = [
-    "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig", "MultiHeadSelfAttention", "RMSNorm",
+    "ForwardFlops", "TrainingMemory", "count_parameters", "forward_flops", "training_flops_per_token",
+    "training_memory", "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig", "MultiHeadSelfAttention", "RMSNorm",
     "RotaryPositionalEmbedding", "SwiGLU", "TransformerBlock", "TransformerLM", "causal_attention", "causal_mask",
     "cross_entropy", "default_swiglu_d_ff", "perplexity", "relu", "scaled_dot_product_attention", "silu", "softmax",
 ]
