@@ -19,6 +19,27 @@ def relu(x: Tensor) -> Tensor:
     return torch.clamp_min(x, 0.0)
 
 
+class _Softmax(torch.autograd.Function):
+    """softmax with its analytic gradient: for y = softmax(x), dx = y * (dy - sum(dy * y)).
+
+    Autograd could differentiate exp, sum and the division one by one, but that keeps several full-size
+    intermediates and runs twice as many passes over them; attention scores are the largest tensors we have.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int) -> Tensor:
+        # Subtracting the max changes nothing (it cancels in the ratio) but keeps exp() from overflowing.
+        y = (x - x.amax(dim=dim, keepdim=True)).exp_()
+        y.div_(y.sum(dim=dim, keepdim=True))
+        ctx.save_for_backward(y)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        (y,) = ctx.saved_tensors
+        return y * (dy - (dy * y).sum(dim=ctx.dim, keepdim=True)), None
+
+
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
-    exponentials = torch.exp(x - x.amax(dim=dim, keepdim=True))
-    return exponentials / exponentials.sum(dim=dim, keepdim=True)
+    return _Softmax.apply(x, dim)

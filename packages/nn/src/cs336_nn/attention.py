@@ -19,7 +19,8 @@ from cs336_nn.rope import RotaryPositionalEmbedding
 
 def scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
     """Q (..., queries, d_k), K (..., keys, d_k), V (..., keys, d_v), mask (queries, keys) -> (..., queries, d_v)."""
-    scores = (Q @ K.transpose(-2, -1)) / math.sqrt(Q.shape[-1])  # (..., queries, keys)
+    # Scaling Q (queries x d_k values) instead of the scores (queries x keys values) is the same math, cheaper.
+    scores = (Q / math.sqrt(Q.shape[-1])) @ K.transpose(-2, -1)  # (..., queries, keys)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return softmax(scores, dim=-1) @ V

@@ -12,19 +12,39 @@ import torch
 from torch import Tensor
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """Per-position losses with the textbook gradient: d loss / d logits = softmax(logits) - one_hot(target).
+
+    Writing the backward by hand (instead of letting autograd differentiate max, exp, sum and log one by one)
+    saves the large (..., vocab) intermediates: we keep only the logits and one log-sum-exp per position, and
+    recompute the probabilities in the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        maximum = logits.amax(dim=-1, keepdim=True)
+        exponentials = (logits - maximum).exp_()  # in place: one (..., vocab) buffer instead of two
+        log_sum_exp = torch.log(exponentials.sum(dim=-1, keepdim=True)) + maximum  # (..., 1)
+        del exponentials
+        ctx.save_for_backward(logits, targets, log_sum_exp)
+        return (log_sum_exp - logits.gather(-1, targets.unsqueeze(-1))).squeeze(-1)  # (...)
+
+    @staticmethod
+    def backward(ctx, grad_losses: Tensor):
+        logits, targets, log_sum_exp = ctx.saved_tensors
+        grad_logits = (logits - log_sum_exp).exp_()  # softmax(logits), computed in place
+        grad_logits.scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(log_sum_exp, -1.0))  # - one_hot
+        return grad_logits.mul_(grad_losses.unsqueeze(-1)), None
+
+
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int | None = None) -> Tensor:
     """logits (..., vocab), targets (...) -> mean loss over all positions (except `ignore_index` targets)."""
     logits = logits.float()
-    maximum = logits.amax(dim=-1, keepdim=True)
-    log_sum_exp = torch.log(torch.exp(logits - maximum).sum(dim=-1)) + maximum.squeeze(-1)  # (...)
     if ignore_index is None:
-        target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return (log_sum_exp - target_logits).mean()
+        return _CrossEntropy.apply(logits, targets).mean()
     keep = targets != ignore_index
-    safe_targets = torch.where(keep, targets, torch.zeros_like(targets))
-    target_logits = logits.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-    losses = (log_sum_exp - target_logits) * keep
-    return losses.sum() / keep.sum().clamp_min(1)
+    losses = _CrossEntropy.apply(logits, torch.where(keep, targets, torch.zeros_like(targets)))
+    return (losses * keep).sum() / keep.sum().clamp_min(1)
 
 
 def perplexity(mean_loss: float | Tensor) -> float:
