@@ -13,7 +13,6 @@ target offsets, so finding the boundaries of a 10 GB file costs a few reads, not
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 from cs336_bpe.errors import BPEInputError
@@ -114,10 +113,3 @@ def read_span(path: str | os.PathLike, start: int, end: int) -> str:
         handle.seek(start)
         data = handle.read(end - start)
     return decode_chunk(data, path, start)
-
-
-def iter_chunks(path: str | os.PathLike, desired_chunk_bytes: int, special_tokens: list[str] | None = None
-                ) -> Iterator[str]:
-    """Decoded text chunks of the file, in order, each cut at a safe place."""
-    for start, end in chunk_spans(path, desired_chunk_bytes, special_tokens):
-        yield read_span(path, start, end)

@@ -78,10 +78,6 @@ class _Progress:
             self.bar = None
 
 
-def _load_tokenizer(directory: Path) -> Tokenizer:
-    return Tokenizer.load(directory)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cs336-bpe")
 def main():
@@ -127,7 +123,7 @@ def train(input_path, vocab_size, special_tokens, no_special_tokens, out_dir, wo
 def encode(tokenizer_dir, input_path, output_path, workers, progress):
     """Encode INPUT_PATH to OUTPUT_PATH (flat uint16/uint32 token ids) plus OUTPUT_PATH.json metadata."""
     started = time.perf_counter()
-    tokenizer = _load_tokenizer(tokenizer_dir)
+    tokenizer = Tokenizer.load(tokenizer_dir)
     progress_bar = _Progress(progress)
     try:
         metadata = encode_file(tokenizer, input_path, output_path, workers, on_progress=progress_bar)
@@ -151,7 +147,7 @@ def encode(tokenizer_dir, input_path, output_path, workers, progress):
 def decode(tokenizer_dir, token_file, start, count):
     """Decode TOKEN_FILE (from `encode`), or whitespace-separated ids from standard input, to text."""
     started = time.perf_counter()
-    tokenizer = _load_tokenizer(tokenizer_dir)
+    tokenizer = Tokenizer.load(tokenizer_dir)
     if token_file is not None:
         tokens = open_token_file(token_file, expected_fingerprint=tokenizer.fingerprint())
         stop = len(tokens) if count is None else start + count
@@ -179,7 +175,7 @@ def decode(tokenizer_dir, token_file, start, count):
 def stats(tokenizer_dir, text_path, other_dir, top):
     """Vocabulary size, longest tokens, compression ratio and throughput of a tokenizer."""
     started = time.perf_counter()
-    tokenizer = _load_tokenizer(tokenizer_dir)
+    tokenizer = Tokenizer.load(tokenizer_dir)
     click.echo(f"{tokenizer_dir}: vocab {tokenizer.vocab_size}, {len(tokenizer.merges)} merges, "
                f"special tokens {tokenizer.special_tokens}, fingerprint {tokenizer.fingerprint()}")
     if top:
@@ -196,7 +192,7 @@ def stats(tokenizer_dir, text_path, other_dir, top):
                    f"{measured.bytes_per_token:.2f} bytes/token; {measured.bytes_per_second / 1e6:.1f} MB/s "
                    f"(one process; the Pile's 825 GB would take {825e9 / measured.bytes_per_second / 3600:.0f} h)")
     if other_dir is not None:
-        overlap = vocabulary_overlap(tokenizer, _load_tokenizer(other_dir))
+        overlap = vocabulary_overlap(tokenizer, Tokenizer.load(other_dir))
         click.echo(f"vs {other_dir}: {overlap.shared} tokens shared, {overlap.only_first} only here, "
                    f"{overlap.only_second} only there")
     _summary("stats", started)

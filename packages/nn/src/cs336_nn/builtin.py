@@ -4,9 +4,10 @@ This is the one module of cs336_nn that uses torch.nn.functional: the rule check
 name. Each function or class here has the same interface as the from-scratch one it stands in for.
 """
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from cs336_nn.rmsnorm import LayerNorm, RMSNorm
 
 
 def torch_scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -18,25 +19,14 @@ def torch_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-class TorchRMSNorm(nn.Module):
-    """F.rms_norm with the same parameter name (weight) and float32 computation as ours."""
-
-    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+class TorchRMSNorm(RMSNorm):
+    """Our RMSNorm's parameters and float32 computation, with F.rms_norm doing the work."""
 
     def forward(self, x: Tensor) -> Tensor:
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
-class TorchLayerNorm(nn.Module):
-    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(d_model, device=device, dtype=dtype))
-
+class TorchLayerNorm(LayerNorm):
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
