@@ -51,7 +51,6 @@ def decode_chunk(data: bytes, path: str | os.PathLike, offset: int) -> str:
             f"input file {str(path)!r} is not valid UTF-8: byte {data[error.start]:#04x} at offset {position} "
             f"({error.reason}); convert it to UTF-8 first (e.g. `iconv -f latin1 -t utf-8`)"
         ) from None
-    # NUL bytes after the first window are caught here too, to keep one message per problem.
 
 
 def _special_tokens_bytes_re(special_tokens: list[str]) -> re.Pattern[bytes] | None:

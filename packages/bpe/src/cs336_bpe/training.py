@@ -83,10 +83,9 @@ def train_bpe(
 
     vocab = initial_vocab(special_tokens)
     byte_offset = len(special_tokens)
-    # Byte b has id byte_offset + b; translating the UTF-8 bytes gives the id tuple in one C call.
+    # Byte b has id byte_offset + b (the special tokens come first).
     word_counts = {
-        tuple(pretoken.encode("utf-8")) if byte_offset == 0
-        else tuple(byte + byte_offset for byte in pretoken.encode("utf-8")): count
+        tuple(byte + byte_offset for byte in pretoken.encode("utf-8")): count
         for pretoken, count in pretoken_counts.items()
     }
     num_merges = vocab_size - len(vocab)
