@@ -17,6 +17,7 @@ from torch import Tensor
 
 import cs336_nn as nn_
 import cs336_optim as optim_
+import cs336_train as train_
 from cs336_bpe import Tokenizer, train_bpe
 
 
@@ -102,7 +103,7 @@ def run_silu(in_features: Tensor) -> Tensor:
 
 
 def run_get_batch(dataset: npt.NDArray, batch_size: int, context_length: int, device: str) -> tuple[Tensor, Tensor]:
-    _not_yet("cs336-train")
+    return train_.get_batch(dataset, batch_size, context_length, device)
 
 
 def run_softmax(in_features: Tensor, dim: int) -> Tensor:
@@ -128,12 +129,12 @@ def run_get_lr_cosine_schedule(it: int, max_learning_rate: float, min_learning_r
 
 def run_save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
                         out: str | os.PathLike | BinaryIO | IO[bytes]) -> None:
-    _not_yet("cs336-train")
+    train_.save_checkpoint(model, optimizer, iteration, out)
 
 
 def run_load_checkpoint(src: str | os.PathLike | BinaryIO | IO[bytes], model: torch.nn.Module,
                         optimizer: torch.optim.Optimizer) -> int:
-    _not_yet("cs336-train")
+    return train_.load_checkpoint(src, model, optimizer)
 
 
 def get_tokenizer(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]],

@@ -60,3 +60,21 @@ def gpt2_tokenizer(fixtures_dir):
     return Tokenizer.from_files(
         fixtures_dir / "gpt2_vocab.json", fixtures_dir / "gpt2_merges.txt", special_tokens=["<|endoftext|>"]
     )
+
+
+@pytest.fixture(scope="session")
+def token_files(tmp_path_factory) -> dict:
+    """A tiny tokenizer and train/valid token files made from generated stories (see train_helpers)."""
+    from tests.train_helpers import make_token_files
+
+    return make_token_files(tmp_path_factory.mktemp("tokens"))
+
+
+@pytest.fixture
+def restore_torch_threads():
+    """Training sets torch's thread count from run.num_threads; put it back for the tests that follow."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -7,6 +7,8 @@
     'Once upon a time'
 """
 
+from cs336_bpe.atomic import atomic_write
+from cs336_bpe.corpus import encode_file, open_token_file, read_token_metadata
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.pretokenize import GPT2_PRETOKEN_PATTERN, count_pretokens, pretokenize
 from cs336_bpe.tokenizer import Tokenizer
@@ -14,6 +16,10 @@ from cs336_bpe.training import train_bpe
 
 __all__ = [
     "BPEInputError",
+    "atomic_write",
+    "encode_file",
+    "open_token_file",
+    "read_token_metadata",
     "GPT2_PRETOKEN_PATTERN",
     "Tokenizer",
     "count_pretokens",

@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 
 import click
 
+from cs336_train.errors import TrainError
+
 USER_AGENT = "cs336-train (python urllib)"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0
@@ -46,7 +48,7 @@ TIMEOUT_S = 60.0
 RETRY_DELAY_S = 2.0
 
 
-class DownloadError(RuntimeError):
+class DownloadError(TrainError):
     """A download failed. The message says what went wrong and what to do; a partial `.part` file is kept
     whenever running the same command again can resume it."""
 

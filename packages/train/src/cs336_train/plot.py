@@ -25,10 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cs336_train.errors import TrainError
+
 METRICS_FILE = "metrics.jsonl"
 
 
-class PlotError(RuntimeError):
+class PlotError(TrainError):
     """Plotting failed; the message says what was wrong and what to do."""
 
 

@@ -1,0 +1,185 @@
+"""The `cs336-train` command: fit, resume, eval, account, plot, download and pipeline.
+
+    cs336-train pipeline --train-text train.txt --valid-text valid.txt --out runs/first
+    cs336-train fit configs/tinystories_cpu.toml --out runs/lr1e-3 --set optimizer.lr=1e-3
+    cs336-train resume runs/lr1e-3
+    cs336-train plot runs/first runs/lr1e-3 --out curves.png
+
+Problems the user can fix (a bad config, missing data, a corrupt checkpoint) print one clear message and exit
+with status 1, without a traceback; an interrupted run exits with 128 + the signal number after saving.
+"""
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import click
+
+from cs336_train.config import TrainConfig
+from cs336_train.errors import TrainError
+from cs336_train.trainer import Interrupted, TrainResult, load_run_config, train
+
+DEFAULT_CONFIG = Path("configs/tinystories_cpu.toml")
+override_option = click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+    help="Override one setting, e.g. --set optimizer.lr=1e-3 --set run.steps=500 (repeatable).",
+)
+
+
+def _friendly_errors(command):
+    """Turn the errors a user can fix into one-line messages with exit status 1 (or 128 + signal)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except Interrupted as error:
+            click.echo(f"cs336-train: {error}", err=True)
+            raise SystemExit(error.exit_code) from None
+        except TrainError as error:
+            raise click.ClickException(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("cs336-train: interrupted", err=True)
+            raise SystemExit(130) from None
+
+    return wrapper
+
+
+def _summary(result: TrainResult) -> None:
+    click.echo(
+        f"done: {result.steps} steps, {result.tokens:,} tokens in {result.wall_s:.0f} s of training "
+        f"(stopped by {result.stopped_by}); validation loss {result.valid_loss:.4f}; run directory {result.run_dir}",
+        err=True,
+    )
+
+
+def _default_out(config_path: Path) -> Path:
+    return Path("runs") / f"{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cs336-train")
+def main():
+    """Train Transformer language models: from raw text to a trained model, with runs you cannot lose."""
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<config>-<time>).")
+@override_option
+@_friendly_errors
+def fit(config_path: Path, out: Path | None, overrides: tuple[str, ...]):
+    """Train a model from a TOML configuration (see configs/) on encoded token files."""
+    config = TrainConfig.from_toml(config_path, list(overrides))
+    _summary(train(config, out or _default_out(config_path)))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@override_option
+@_friendly_errors
+def resume(run_dir: Path, overrides: tuple[str, ...]):
+    """Continue the run in RUN_DIR from its newest checkpoint, exactly where it stopped.
+
+    Only settings that do not change what is computed may be overridden (e.g. run.time_budget_s, run.device).
+    """
+    config = load_run_config(run_dir, list(overrides))
+    _summary(train(config, run_dir, resume=True))
+
+
+@main.command(name="eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", "token_file", required=True, type=click.Path(path_type=Path),
+              help="Token file to evaluate on (from `cs336-bpe encode` with the run's tokenizer).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Sequences per forward pass.")
+@_friendly_errors
+def eval_command(checkpoint: Path, token_file: Path, device: str, batch_size: int):
+    """Validation loss and perplexity of CHECKPOINT (a .pt file or a run directory) over a whole token file."""
+    from cs336_train.evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, token_file, device=device, batch_size=batch_size)
+    click.echo(json.dumps(result))
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
+@override_option
+@_friendly_errors
+def account(config_path: Path, overrides: tuple[str, ...]):
+    """Parameters, FLOPs and training memory of a configuration (no data needed)."""
+    from cs336_train.accounting_report import accounting_report
+
+    values = TrainConfig.from_toml(config_path, list(overrides) + _placeholder_data(config_path))
+    click.echo(accounting_report(values))
+
+
+def _placeholder_data(config_path: Path) -> list[str]:
+    # Accounting needs no data files; fill the data section only where the config leaves it empty.
+    import tomllib
+
+    data = tomllib.loads(config_path.read_text(encoding="utf-8")).get("data", {}) if config_path.is_file() else {}
+    return [f'data.{name}="-"' for name in ("train", "valid") if not data.get(name)]
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_png", default="loss_curves.png", show_default=True, type=click.Path(path_type=Path),
+              help="PNG file to write.")
+@click.option("--smoothing", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Exponential moving average of the training loss (0 = raw, 0.9 = smooth).")
+@click.option("--log-loss", is_flag=True, help="Logarithmic loss axis.")
+@_friendly_errors
+def plot(run_dirs: tuple[Path, ...], out_png: Path, smoothing: float, log_loss: bool):
+    """Training and validation loss of several runs against steps and wall-clock, on one figure."""
+    from cs336_train.plot import plot_runs
+
+    plot_runs(list(run_dirs), out_png, smoothing=smoothing, log_loss=log_loss)
+    click.echo(f"wrote {out_png}", err=True)
+
+
+@main.command()
+@click.argument("dataset", type=click.Choice(["tinystories", "owt"]))
+@click.argument("dest", default="data", type=click.Path(path_type=Path))
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "valid"]),
+              help="Only these splits (repeatable; default both).")
+@click.option("--base-url", default=None, envvar="HF_ENDPOINT",
+              help="Fetch from this server instead of huggingface.co (a mirror); also read from $HF_ENDPOINT.")
+@_friendly_errors
+def download(dataset: str, dest: Path, splits: tuple[str, ...], base_url: str | None):
+    """Download TinyStories V2 or the CS336 OpenWebText sample into DEST (default: data/).
+
+    Shows progress, resumes partial files, checks sizes and skips files already complete.
+    """
+    from cs336_train.download import download_dataset
+
+    for path in download_dataset(dataset, dest, splits=splits or None, base_url=base_url,
+                                 log=lambda line: click.echo(line, err=True)):
+        click.echo(str(path))
+
+
+@main.command()
+@click.option("--train-text", required=True, type=click.Path(path_type=Path), help="Raw training text (UTF-8).")
+@click.option("--valid-text", required=True, type=click.Path(path_type=Path), help="Raw validation text (UTF-8).")
+@click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True, type=click.Path(path_type=Path),
+              help="Model, optimizer and run settings; its [data] paths are filled in by the pipeline.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<config>-<time>).")
+@override_option
+@_friendly_errors
+def pipeline(train_text: Path, valid_text: Path, config_path: Path, out: Path | None, overrides: tuple[str, ...]):
+    """Raw text to trained model: train a tokenizer, encode, train, evaluate and write samples."""
+    from cs336_train.pipeline import run_pipeline
+
+    config = TrainConfig.from_toml(config_path, list(overrides) + _placeholder_data(config_path))
+    out = out or _default_out(config_path)
+    started = time.perf_counter()
+    result = run_pipeline(config, train_text, valid_text, out, say=lambda line: click.echo(line, err=True))
+    _summary(result)
+    click.echo(f"pipeline finished in {time.perf_counter() - started:.0f} s; samples in {out / 'samples.txt'}",
+               err=True)
+
+
+if __name__ == "__main__":
+    main()

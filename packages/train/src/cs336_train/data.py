@@ -1,0 +1,111 @@
+"""Training data: random windows for training (handout §5.1) and one ordered pass for validation.
+
+A token file is one long 1-D array of ids (all documents joined, `<|endoftext|>` between them), memory-mapped so
+that only the windows we touch are read from disk. A training example is a window of `context_length + 1`
+tokens: the first `context_length` are the input, the last `context_length` the targets (each input position
+predicts the next token).
+
+    tokens  = [5, 9, 2, 7, 3, 8]   context_length = 3, window starting at 1
+    inputs  = [9, 2, 7]
+    targets = [2, 7, 3]
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from cs336_bpe import BPEInputError, open_token_file, read_token_metadata
+from cs336_train.errors import DataError
+
+# Windows are checked for ids >= vocab_size this many tokens at a time, so checking never reads a file whole.
+_SCAN_TOKENS = 1 << 24
+
+
+def get_batch(tokens: npt.NDArray, batch_size: int, context_length: int, device: str | torch.device,
+              rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` random windows -> (inputs, targets), both (batch_size, context_length) int64 on `device`."""
+    rng = rng if rng is not None else np.random.default_rng()
+    starts = sample_window_starts(len(tokens), batch_size, context_length, rng)
+    return windows_at(tokens, starts, context_length, device)
+
+
+def sample_window_starts(num_tokens: int, batch_size: int, context_length: int,
+                         rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """Uniform random start positions of windows that fit: 0 <= start <= num_tokens - context_length - 1."""
+    if num_tokens < context_length + 1:
+        raise DataError(
+            f"the token file has {num_tokens} tokens, fewer than context_length + 1 = {context_length + 1}; "
+            "use more text or a shorter model.context_length"
+        )
+    return rng.integers(0, num_tokens - context_length, size=batch_size)
+
+
+def windows_at(tokens: npt.NDArray, starts: npt.NDArray, context_length: int,
+               device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows beginning at `starts` -> (inputs, targets) on `device`."""
+    # (batch, context_length + 1) via fancy indexing: one gather from the memory map, no Python loop.
+    offsets = np.arange(context_length + 1)
+    windows = torch.from_numpy(np.asarray(tokens[starts[:, None] + offsets], dtype=np.int64))
+    device = torch.device(device)
+    # On CUDA, pinned host memory lets the copy run asynchronously while the GPU is still busy with the last step.
+    pinned = device.type == "cuda"
+    windows = (windows.pin_memory() if pinned else windows).to(device, non_blocking=pinned)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def validation_batches(tokens: npt.NDArray, context_length: int, batch_size: int,
+                       device: str | torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every token of `tokens` predicted exactly once, in order: consecutive windows, the last one shorter.
+
+    A file of n tokens has n - 1 targets; summing the loss over all of them and dividing by n - 1 gives the
+    exact validation loss, the same number however the batches are cut.
+    """
+    num_targets = len(tokens) - 1
+    full_windows = num_targets // context_length
+    for first in range(0, full_windows, batch_size):
+        starts = np.arange(first, min(first + batch_size, full_windows), dtype=np.int64) * context_length
+        yield windows_at(tokens, starts, context_length, device)
+    remainder = num_targets - full_windows * context_length
+    if remainder:
+        yield windows_at(tokens, np.array([full_windows * context_length]), remainder, device)
+
+
+def open_tokens(path: str | Path, model_vocab_size: int, tokenizer_fingerprint: str | None = None) -> npt.NDArray:
+    """Memory-map a token file after checking its metadata, the tokenizer that made it and its ids.
+
+    Errors name the file and the fix: a missing file or metadata, a size that does not match the metadata,
+    another tokenizer's fingerprint, a vocabulary larger than the model's, or any id >= the model's vocab_size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"token file {str(path)!r} does not exist; create it with `cs336-bpe encode`")
+    try:
+        metadata = read_token_metadata(path)
+        tokens = open_token_file(path, expected_fingerprint=tokenizer_fingerprint)
+    except BPEInputError as error:
+        raise DataError(str(error)) from None
+    if metadata["vocab_size"] > model_vocab_size:
+        raise DataError(
+            f"token file {str(path)!r} was made by a tokenizer with {metadata['vocab_size']} ids but the model has "
+            f"model.vocab_size = {model_vocab_size}; set model.vocab_size to at least {metadata['vocab_size']}"
+        )
+    largest = max((int(tokens[i:i + _SCAN_TOKENS].max()) for i in range(0, len(tokens), _SCAN_TOKENS)), default=-1)
+    if largest >= model_vocab_size:
+        raise DataError(
+            f"token file {str(path)!r} contains id {largest}, but the model only has ids below "
+            f"model.vocab_size = {model_vocab_size}; the file is corrupt or from another tokenizer: re-encode it"
+        )
+    return tokens
+
+
+def tokenizer_fingerprint_of(path: str | Path) -> str:
+    """The fingerprint recorded in a token file's metadata (to check train and valid files agree)."""
+    if not Path(path).is_file():
+        raise DataError(f"token file {str(path)!r} does not exist; create it with `cs336-bpe encode`")
+    try:
+        return read_token_metadata(path)["tokenizer_fingerprint"]
+    except BPEInputError as error:
+        raise DataError(str(error)) from None

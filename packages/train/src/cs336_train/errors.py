@@ -1,0 +1,21 @@
+"""Errors the trainer raises for problems the user can fix; the CLI prints them without a traceback."""
+
+
+class TrainError(Exception):
+    """Something about the inputs or the environment is wrong; the message says what and how to fix it."""
+
+
+class ConfigError(TrainError, ValueError):
+    """An invalid configuration: an unknown key, a wrong type, a non-positive size or rate."""
+
+
+class DataError(TrainError, ValueError):
+    """A token file that is missing, malformed, or does not match the model or tokenizer."""
+
+
+class CheckpointError(TrainError):
+    """A checkpoint that is corrupt, from a newer format, or from a different configuration."""
+
+
+class TrainingDiverged(TrainError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -1,0 +1,71 @@
+"""Where a run's numbers go: a JSONL file always, the console, and Weights & Biases when asked.
+
+`RUN/metrics.jsonl` has one JSON object per line:
+
+    {"kind": "train", "step": 100, "tokens": 819200, "wall_s": 61.2, "loss": 3.91, "lr": 0.0029,
+     "grad_norm": 0.84, "tokens_per_s": 13402.0, "mfu": 0.21}
+    {"kind": "valid", "step": 256, "tokens": 2097152, "wall_s": 160.4, "loss": 3.31, "perplexity": 27.4}
+
+`step` counts optimizer steps, `tokens` training tokens seen, `wall_s` training seconds since the run began
+(continued across resumes; validation and checkpoint time excluded). After a resume from an earlier checkpoint
+some steps appear twice; the later record is the one that counts.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import click
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, wandb_run=None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.wandb_run = wandb_run
+
+    def write(self, record: dict) -> None:
+        # One short append per line, flushed at once: a killed run loses at most the line being written.
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            kind = record["kind"]
+            self.wandb_run.log({f"{kind}/{key}": value for key, value in record.items()
+                                if key not in ("kind", "step")}, step=record["step"])
+        click.echo(format_record(record), err=True)
+
+
+def format_record(record: dict) -> str:
+    """The console line of a record, with fixed-width columns that line up in a terminal."""
+    head = f"step {record['step']:>6}  tokens {record['tokens']:>11,}  {record['wall_s']:>7.1f}s"
+    if record["kind"] == "train":
+        return (f"{head}  loss {record['loss']:7.4f}  lr {record['lr']:.2e}  grad-norm {record['grad_norm']:6.3f}  "
+                f"{record['tokens_per_s']:>8,.0f} tok/s  MFU {100 * record['mfu']:4.1f}%")
+    if record["kind"] == "valid":
+        return f"{head}  valid loss {record['loss']:7.4f}  perplexity {record['perplexity']:9.2f}"
+    return f"{head}  {record}"
+
+
+def start_wandb(run_dir: Path, config: dict, project: str):
+    """A wandb run in offline mode unless an account is configured (no network or account is ever required)."""
+    try:
+        import wandb
+    except ImportError:
+        raise click.ClickException(
+            'run.wandb = true needs Weights & Biases: pip install "cs336-train[wandb]" (or `uv sync` here)'
+        ) from None
+    mode = os.environ.get("WANDB_MODE") or ("online" if _has_wandb_credentials() else "offline")
+    return wandb.init(project=project, name=Path(run_dir).name, dir=str(run_dir), config=config, mode=mode,
+                      id=_stable_id(run_dir), resume="allow")
+
+
+def _has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
+
+
+def _stable_id(run_dir: Path) -> str:
+    # The same id for the same run directory, so `resume` continues the same wandb run.
+    return "cs336-" + hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]

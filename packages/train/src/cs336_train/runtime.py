@@ -1,0 +1,102 @@
+"""Where and how the model runs: device choice, precision, seeds and the hardware's matrix-product peak."""
+
+import contextlib
+import random
+import time
+
+import numpy as np
+import torch
+
+from cs336_train.errors import ConfigError
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """"auto" picks cuda, then mps, then cpu; an explicit device that is not available is an error."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"run.device = {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device = {requested!r} but CUDA is not available here; use run.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"run.device = {requested!r} but MPS is not available here; use run.device=auto or cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def configure_backends(device: torch.device, num_threads: int) -> None:
+    """TF32 matrix products on CUDA (float32 storage, ~10-bit mantissa products: much faster, same training)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.set_device(device)
+    if num_threads:
+        torch.set_num_threads(num_threads)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16: matrix products in bfloat16 (weights, norms and the loss stay float32); fp32: nothing changes."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    """Every global random state we use, in a form `torch.load(weights_only=True)` accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # plain ints: no numpy objects in the file
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    numpy_state = dict(states["numpy"], state=dict(states["numpy"]["state"]))
+    numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
+    random.setstate(_as_tuples(states["python"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _as_tuples(value):
+    # random.setstate wants nested tuples; a saved state may come back with lists.
+    return tuple(_as_tuples(item) for item in value) if isinstance(value, list | tuple) else value
+
+
+def measure_matmul_peak(device: torch.device, precision: str, size: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of a large square matrix product: the hardware's practical peak, the denominator of MFU."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=None)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up (kernel selection, caches)
+    best = float("inf")
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

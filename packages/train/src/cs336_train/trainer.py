@@ -1,0 +1,358 @@
+"""The training loop (handout §5.3): one orchestrating function, `train`, and the few pieces it plugs together.
+
+Each optimizer step:
+    1. set the learning rate from the schedule (a function of the step number only)
+    2. for each of grad_accum_steps micro-batches: forward, loss / grad_accum_steps, backward
+    3. average gradients across processes (data-parallel runs only)
+    4. clip the global gradient norm, then stop if the loss is NaN or infinite
+    5. optimizer step; every log_interval steps a metrics line, every eval_interval a validation,
+       every checkpoint_interval a checkpoint; stop early on SIGINT/SIGTERM or when the time budget is spent
+
+Everything a resumed run needs to continue exactly (weights, optimizer moments, step, random states, the data
+sampler, the running loss sum of the current log interval, the clock) is in every checkpoint.
+"""
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cs336_bpe import BPEInputError, Tokenizer, atomic_write
+from cs336_nn import TransformerLM, cross_entropy, perplexity, training_flops_per_token
+from cs336_nn.builtin import torch_cross_entropy
+from cs336_optim import clip_gradients, cosine_schedule, make_adamw, parameter_groups, wsd_schedule
+from cs336_train import distributed, runtime
+from cs336_train.checkpoint import CheckpointDirectory, config_differences, read_checkpoint
+from cs336_train.config import TrainConfig
+from cs336_train.data import (
+    open_tokens,
+    sample_window_starts,
+    tokenizer_fingerprint_of,
+    validation_batches,
+    windows_at,
+)
+from cs336_train.errors import CheckpointError, ConfigError, DataError, TrainError, TrainingDiverged
+from cs336_train.metrics import MetricsLog, start_wandb
+
+LOSS_FUNCTIONS = {"scratch": cross_entropy, "torch": torch_cross_entropy}
+CONFIG_FILE = "config.toml"
+SINGLE_PROCESS = distributed.Distributed()
+# Settings a resume may change: they decide how the run is watched or executed, not what it computes.
+RESUMABLE_OVERRIDES = {"time_budget_s", "device", "wandb", "wandb_project", "log_interval", "eval_interval",
+                       "checkpoint_interval", "keep_last", "num_threads", "compile", "peak_tflops"}
+
+
+class Interrupted(TrainError):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved first."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    tokens: int
+    wall_s: float
+    valid_loss: float
+    stopped_by: str  # "steps", "time budget"
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The schedule of `optimizer.schedule` at `step` (warm-up and decay lengths are fractions of run.steps)."""
+    opt, total = config.optimizer, config.run.steps
+    warmup = round(opt.warmup_fraction * total)
+    min_lr = opt.lr * opt.min_lr_ratio
+    if opt.schedule == "cosine":
+        return cosine_schedule(step, opt.lr, min_lr, warmup, total)
+    if opt.schedule == "wsd":
+        return wsd_schedule(step, opt.lr, min_lr, warmup, total, max(1, round(opt.decay_fraction * total)))
+    return opt.lr * min(1.0, step / warmup) if warmup else opt.lr
+
+
+class _StopSignal:
+    """Remembers SIGINT/SIGTERM so the loop can finish its step and checkpoint before exiting."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for number in (signal.SIGINT, signal.SIGTERM):
+            # Outside the main thread (e.g. a notebook worker) signals cannot be caught: keep the default behaviour.
+            with contextlib.suppress(ValueError):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number, frame):
+        self.received = number
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def prepare_run_directory(config: TrainConfig, run_dir: Path) -> None:
+    """A new run: refuse a directory that already holds a run, save the resolved config and the tokenizer."""
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise ConfigError(
+            f"{str(run_dir)!r} already holds a run with checkpoints; continue it with `cs336-train resume "
+            f"{run_dir}` or choose another --out directory"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(run_dir / CONFIG_FILE, "w", encoding="utf-8") as handle:
+        handle.write(config.to_toml())
+    if config.data.tokenizer and Path(config.data.tokenizer).resolve() != (run_dir / "tokenizer").resolve():
+        try:
+            Tokenizer.load(config.data.tokenizer).save(run_dir / "tokenizer")
+        except BPEInputError as error:
+            raise DataError(str(error)) from None
+
+
+def load_run_config(run_dir: Path, overrides: list[str] = ()) -> TrainConfig:
+    """The configuration saved in a run directory, with only watch-and-execute settings allowed to change."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a run directory: it has no {CONFIG_FILE}")
+    for override in overrides:
+        name = override.partition("=")[0].strip()
+        section, _, key = name.partition(".")
+        if section != "run" or key not in RESUMABLE_OVERRIDES:
+            raise ConfigError(
+                f"a resumed run cannot change {name}: that would make it a different run. Start a new run with "
+                f"`cs336-train fit`, or change only run.{{{', '.join(sorted(RESUMABLE_OVERRIDES))}}}"
+            )
+    return TrainConfig.from_toml(path, overrides)
+
+
+def _tokenizer_fingerprint(run_dir: Path) -> str | None:
+    directory = run_dir / "tokenizer"
+    if not directory.is_dir():
+        return None
+    try:
+        return Tokenizer.load(directory).fingerprint()
+    except BPEInputError as error:
+        raise DataError(str(error)) from None
+
+
+def evaluate(model: torch.nn.Module, tokens: np.ndarray, config: TrainConfig, device: torch.device,
+             dist: distributed.Distributed = SINGLE_PROCESS) -> float:
+    """Mean loss over every token of `tokens`, in order (exact, comparable across runs); ranks share the work."""
+    loss_fn = LOSS_FUNCTIONS[config.run.loss_impl]
+    was_training = model.training
+    model.eval()
+    loss_sum, count = 0.0, 0
+    with torch.no_grad(), runtime.autocast(device, config.run.precision):
+        batches = validation_batches(tokens, config.model.context_length, config.run.valid_batch_size, device)
+        for index, (inputs, targets) in enumerate(batches):
+            if index % dist.world_size != dist.rank:
+                continue
+            logits = model(inputs)
+            loss_sum += float(loss_fn(logits.float(), targets)) * targets.numel()
+            count += targets.numel()
+    model.train(was_training)
+    loss_sum, count = distributed.sum_across_ranks([loss_sum, float(count)], device)
+    return loss_sum / count
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train `config` in `run_dir` (a new run, or the continuation of the one saved there when `resume`)."""
+    run_dir = Path(run_dir)
+    device = runtime.resolve_device(config.run.device, distributed.local_rank_from_environment())
+    dist = distributed.init_distributed(device.type)
+    runtime.configure_backends(device, config.run.num_threads)
+    run = config.run
+    micro_batch, remainder = divmod(run.batch_size, run.grad_accum_steps * dist.world_size)
+    if remainder or micro_batch == 0:
+        raise ConfigError(
+            f"run.batch_size {run.batch_size} must be a multiple of run.grad_accum_steps × processes = "
+            f"{run.grad_accum_steps} × {dist.world_size}"
+        )
+    checkpoints = CheckpointDirectory(run_dir / "checkpoints", run.keep_last)
+    if not resume and dist.is_main:
+        prepare_run_directory(config, run_dir)
+    distributed.barrier()
+
+    # The same seed on every rank: identical initial weights, and the same global batch of window starts, of which
+    # each rank takes its own share.
+    runtime.seed_everything(run.seed)
+    model = TransformerLM(config.model, device=device)
+    optimizer = make_adamw(parameter_groups(model.named_parameters(), config.optimizer.weight_decay),
+                           impl=config.optimizer.impl, lr=config.optimizer.lr, betas=config.optimizer.betas,
+                           eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay)
+    sampler = np.random.default_rng(run.seed)
+    progress = {"step": 0, "tokens": 0, "wall_s": 0.0, "best_val_loss": math.inf, "loss_sum": 0.0, "loss_steps": 0}
+
+    # Train and valid files must come from the run's tokenizer (when it has one) and from the same tokenizer.
+    fingerprint = _tokenizer_fingerprint(run_dir) or tokenizer_fingerprint_of(config.data.train)
+    if resume:
+        progress, sampler = _restore(checkpoints, config, model, optimizer, fingerprint, device)
+    train_tokens = open_tokens(config.data.train, config.model.vocab_size, fingerprint)
+    valid_tokens = open_tokens(config.data.valid, config.model.vocab_size, fingerprint)
+    sample_window_starts(len(train_tokens), 1, config.model.context_length, np.random.default_rng(0))  # size check
+
+    wandb_run = start_wandb(run_dir, config.to_dict(), run.wandb_project) if run.wandb and dist.is_main else None
+    log = MetricsLog(run_dir, wandb_run) if dist.is_main else None
+    loss_fn = LOSS_FUNCTIONS[run.loss_impl]
+    forward = torch.compile(model) if run.compile else model
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    tokens_per_step = run.batch_size * config.model.context_length
+    peak = run.peak_tflops * 1e12 or runtime.measure_matmul_peak(device, run.precision)
+    flops_per_token = training_flops_per_token(config.model)
+
+    def save(valid_loss: float | None = None) -> Path | None:
+        is_best = valid_loss is not None and valid_loss < progress["best_val_loss"]
+        if is_best:
+            progress["best_val_loss"] = valid_loss
+        if not dist.is_main:
+            return None
+        return checkpoints.save({
+            "iteration": progress["step"], "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "config": config.to_dict(), "rng": runtime.rng_states(), "data_state": sampler.bit_generator.state,
+            "progress": dict(progress), "best_val_loss": progress["best_val_loss"],
+            "tokenizer_fingerprint": fingerprint,
+        }, is_best=is_best)
+
+    def validate() -> float:
+        valid_loss = evaluate(forward, valid_tokens, config, device, dist)
+        if log:
+            log.write({"kind": "valid", "step": progress["step"], "tokens": progress["tokens"],
+                       "wall_s": round(progress["wall_s"], 3), "loss": valid_loss,
+                       "perplexity": perplexity(valid_loss)})
+        return valid_loss
+
+    model.train()
+    stopped_by, valid_loss, last_saved_step = "steps", math.nan, progress["step"] if resume else -1
+    interval_seconds, interval_steps = 0.0, 0  # throughput counts training steps only, not validation
+    try:
+        with _StopSignal() as stop:
+            while progress["step"] < run.steps:
+                step_start = time.perf_counter()
+                step_loss, grad_norm = _optimizer_step(config, forward, optimizer, parameters, loss_fn, train_tokens,
+                                                       sampler, micro_batch, dist, device, progress["step"])
+                if not math.isfinite(step_loss):
+                    latest = checkpoints.latest()
+                    raise TrainingDiverged(
+                        f"the training loss became {step_loss} at step {progress['step'] + 1}; the weights were not "
+                        f"updated and the last good checkpoint is {str(latest) if latest else 'none (none saved yet)'}"
+                        ". Lower optimizer.lr, raise optimizer.warmup_fraction or set optimizer.grad_clip (e.g. 1.0)"
+                    )
+                step_seconds = time.perf_counter() - step_start
+                progress["step"] += 1
+                progress["tokens"] += tokens_per_step
+                progress["wall_s"] += step_seconds
+                interval_seconds += step_seconds
+                progress["loss_sum"] += step_loss
+                progress["loss_steps"] += 1
+                interval_steps += 1
+                step = progress["step"]
+                if step % run.log_interval == 0 or step == run.steps:
+                    tokens_per_s = interval_steps * tokens_per_step / interval_seconds
+                    if log:
+                        log.write({"kind": "train", "step": step, "tokens": progress["tokens"],
+                                   "wall_s": round(progress["wall_s"], 3),
+                                   "loss": progress["loss_sum"] / progress["loss_steps"],
+                                   "lr": learning_rate(config, step - 1), "grad_norm": grad_norm,
+                                   "tokens_per_s": round(tokens_per_s, 1),
+                                   "mfu": round(tokens_per_s * flops_per_token / peak, 4)})
+                    progress["loss_sum"], progress["loss_steps"] = 0.0, 0
+                    interval_seconds, interval_steps = 0.0, 0
+                budget_spent = bool(run.time_budget_s) and progress["wall_s"] >= run.time_budget_s
+                if budget_spent:
+                    stopped_by = "time budget"
+                    break
+                if stop.received is not None:
+                    save()
+                    raise Interrupted(
+                        f"stopped by {signal.Signals(stop.received).name} after step {step}; a checkpoint was saved. "
+                        f"Continue with: cs336-train resume {run_dir}", stop.received)
+                if run.eval_interval and step % run.eval_interval == 0 and step < run.steps:
+                    save(validate())
+                    last_saved_step = step
+                elif run.checkpoint_interval and step % run.checkpoint_interval == 0:
+                    save()
+                    last_saved_step = step
+            valid_loss = validate()
+            if last_saved_step != progress["step"] or valid_loss < progress["best_val_loss"] and dist.is_main:
+                save(valid_loss)
+    except torch.OutOfMemoryError as error:
+        raise TrainError(_out_of_memory_message(config, error)) from None
+    except RuntimeError as error:
+        if "out of memory" in str(error) or "can't allocate memory" in str(error):
+            raise TrainError(_out_of_memory_message(config, error)) from None
+        raise
+    finally:
+        if wandb_run is not None:
+            wandb_run.finish()
+        distributed.barrier()
+    return TrainResult(run_dir, progress["step"], progress["tokens"], progress["wall_s"], valid_loss, stopped_by)
+
+
+def _optimizer_step(config, forward, optimizer, parameters, loss_fn, train_tokens, sampler, micro_batch, dist,
+                    device, step) -> tuple[float, float]:
+    """One optimizer step over the whole global batch; returns (mean loss, pre-clip gradient norm)."""
+    run = config.run
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(config, step)
+    # One draw of the global batch per step, identical on every rank: (accumulation, rank, sequence).
+    starts = sample_window_starts(len(train_tokens), run.batch_size, config.model.context_length, sampler)
+    starts = starts.reshape(run.grad_accum_steps, dist.world_size, micro_batch)[:, dist.rank]
+    loss_total = torch.zeros((), device=device)
+    for micro_starts in starts:
+        inputs, targets = windows_at(train_tokens, micro_starts, config.model.context_length, device)
+        with runtime.autocast(device, run.precision):
+            logits = forward(inputs)
+        loss = loss_fn(logits.float(), targets) / run.grad_accum_steps
+        loss.backward()
+        loss_total += loss.detach()
+    step_loss = float(loss_total)
+    if dist.enabled:
+        distributed.average_gradients(parameters, dist.world_size)
+        step_loss = distributed.sum_across_ranks([step_loss], device)[0] / dist.world_size
+    max_norm = config.optimizer.grad_clip or math.inf
+    grad_norm = float(clip_gradients(parameters, max_norm))
+    if math.isfinite(step_loss):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm
+
+
+def _restore(checkpoints: CheckpointDirectory, config: TrainConfig, model, optimizer, fingerprint, device):
+    latest = checkpoints.latest()
+    if latest is None:
+        raise CheckpointError(
+            f"{str(checkpoints.directory)!r} has no step checkpoint to resume from; start it with `cs336-train fit`"
+        )
+    state = read_checkpoint(latest, map_location=device)
+    differences = [line for line in config_differences(state.get("config", {}), config.to_dict())
+                   if not any(line.startswith(f"run.{key}:") for key in RESUMABLE_OVERRIDES)]
+    if differences:
+        raise CheckpointError(
+            f"checkpoint {str(latest)!r} was trained with a different configuration: {'; '.join(differences)}. "
+            "Resume with the run's own config.toml, or start a new run"
+        )
+    if fingerprint is not None and state.get("tokenizer_fingerprint") not in (None, fingerprint):
+        raise CheckpointError(f"checkpoint {str(latest)!r} was trained with another tokenizer than the run's")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    runtime.restore_rng_states(state["rng"])
+    sampler = np.random.default_rng()
+    sampler.bit_generator.state = state["data_state"]
+    return dict(state["progress"]), sampler
+
+
+def _out_of_memory_message(config: TrainConfig, error: Exception) -> str:
+    run = config.run
+    return (
+        f"out of memory ({str(error).splitlines()[0][:200]}). Lower the memory one step needs: halve "
+        f"run.batch_size ({run.batch_size}) and double run.grad_accum_steps ({run.grad_accum_steps}) to keep the same "
+        f"batch, or use run.precision=bf16, a shorter model.context_length ({config.model.context_length}) or a "
+        f"smaller model.d_model ({config.model.d_model}). `cs336-train account` shows the memory a config needs"
+    )
