@@ -158,3 +158,15 @@ def test_optimizer_and_loss_implementations_are_switchable(token_files, tmp_path
     # Not bit-equal: torch adds eps after the bias correction, Algorithm 1 before (a ~1e-4 drift in 5 steps).
     np.testing.assert_allclose(ours_losses, torch_losses, rtol=2e-3)
     assert ours_losses != torch_losses  # the switch really changed the implementation
+
+
+@pytest.mark.slow
+def test_wandb_logging_works_offline_without_an_account(token_files, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no credentials
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = train(tiny_config(token_files, steps=3, wandb=True), tmp_path / "run")
+    offline_runs = list((result.run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+    assert len(_records(result.run_dir, "train")) == 3  # the JSONL file is written as well

@@ -63,5 +63,6 @@ def write_samples(run_dir: Path, prompts: tuple[str, ...], max_new_tokens: int =
     path = run_dir / "samples.txt"
     with atomic_write(path, "w", encoding="utf-8") as handle:
         for prompt, completion in zip(prompts, completions, strict=True):
-            handle.write(f"--- prompt: {prompt!r} (temperature 0.8, top-p 0.95, seed {seed})\n{prompt}{completion}\n\n")
+            handle.write(f"--- prompt: {prompt!r} (temperature 0.8, top-p 0.95, seed {seed})\n")
+            handle.write(f"{prompt}{completion.text}\n\n")
     return path
