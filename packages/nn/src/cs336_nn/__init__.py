@@ -21,6 +21,7 @@ from cs336_nn.block import TransformerBlock
 from cs336_nn.config import ModelConfig
 from cs336_nn.embedding import Embedding
 from cs336_nn.feedforward import MLP, SwiGLU, default_swiglu_d_ff
+from cs336_nn.kv_cache import KVCache, LayerKVCache
 from cs336_nn.linear import Linear
 from cs336_nn.loss import cross_entropy, perplexity
 from cs336_nn.rmsnorm import LayerNorm, RMSNorm
@@ -29,7 +30,8 @@ from cs336_nn.transformer_lm import TransformerLM
 
 __all__ = [
     "ForwardFlops", "TrainingMemory", "count_parameters", "forward_flops", "training_flops_per_token",
-    "training_memory", "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig", "MultiHeadSelfAttention", "RMSNorm",
+    "training_memory", "KVCache", "LayerKVCache", "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig",
+    "MultiHeadSelfAttention", "RMSNorm",
     "RotaryPositionalEmbedding", "SwiGLU", "TransformerBlock", "TransformerLM", "causal_attention", "causal_mask",
     "cross_entropy", "default_swiglu_d_ff", "perplexity", "relu", "scaled_dot_product_attention", "silu", "softmax",
 ]

@@ -7,6 +7,7 @@ split d_model into (heads, d_head), attend, and merge the heads back.
 """
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
@@ -15,6 +16,9 @@ from torch import Tensor, nn
 from cs336_nn.activations import softmax
 from cs336_nn.linear import Linear
 from cs336_nn.rope import RotaryPositionalEmbedding
+
+if TYPE_CHECKING:  # kv_cache imports this module, so only the type checker imports it back
+    from cs336_nn.kv_cache import LayerKVCache
 
 
 def scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -56,8 +60,14 @@ class MultiHeadSelfAttention(nn.Module):
         self.rope = rope
         self.causal_attention_fn = causal_attention_fn
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
-        """x (..., seq, d_model), token_positions (..., seq) or None for 0..seq-1 -> (..., seq, d_model)."""
+    def forward(self, x: Tensor, token_positions: Tensor | None = None,
+                kv_cache: "LayerKVCache | None" = None) -> Tensor:
+        """x (..., seq, d_model), token_positions (..., seq) or None for 0..seq-1 -> (..., seq, d_model).
+
+        With `kv_cache` (generation), see `forward_cached`.
+        """
+        if kv_cache is not None:
+            return self.forward_cached(x, token_positions, kv_cache)
         sequence_length = x.shape[-2]
         qkv_weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))  # (3 d_model, d_model)
         qkv = x @ qkv_weight.T  # (..., seq, 3 d_model)
@@ -70,3 +80,20 @@ class MultiHeadSelfAttention(nn.Module):
             q, k = self.rope(q, positions), self.rope(k, positions)
         attended = self.causal_attention_fn(q, k, v)  # (..., heads, seq, d_head)
         return self.output_proj(rearrange(attended, "... heads seq d_head -> ... seq (heads d_head)"))
+
+    def forward_cached(self, x: Tensor, token_positions: Tensor, kv_cache: "LayerKVCache") -> Tensor:
+        """Generation: x (batch, seq, d_model) at token_positions (batch, seq) -> (batch, seq, d_model).
+
+        The new keys and values are stored in `kv_cache` at their positions, and each query attends to the
+        cached keys at or before its own position. Q, K and V come from three products here: a step is
+        usually one token, and concatenating the weights would copy more memory than the products read.
+        """
+        if token_positions is None:
+            raise ValueError("attention with a KV cache needs token_positions: where to store the new keys")
+        q, k, v = (rearrange(projection(x), "batch seq (heads d_head) -> batch heads seq d_head", heads=self.num_heads)
+                   for projection in (self.q_proj, self.k_proj, self.v_proj))
+        if self.rope is not None:
+            positions = token_positions.unsqueeze(-2)  # (batch, 1, seq): the same positions for every head
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        attended = kv_cache.attend(q, k, v, token_positions)  # (batch, heads, seq, d_head)
+        return self.output_proj(rearrange(attended, "batch heads seq d_head -> batch seq (heads d_head)"))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from cs336_nn.attention import MultiHeadSelfAttention
 from cs336_nn.components import causal_attention_for, make_ffn, make_norm
 from cs336_nn.config import ModelConfig
+from cs336_nn.kv_cache import LayerKVCache
 from cs336_nn.rope import RotaryPositionalEmbedding
 
 
@@ -34,7 +35,8 @@ class TransformerBlock(nn.Module):
         self.ffn = make_ffn(config, device=device, dtype=dtype)
         self.residual = pre_norm_residual if config.norm_position == "pre" else post_norm_residual
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
-        """x (..., seq, d_model) -> (..., seq, d_model)."""
-        x = self.residual(x, self.ln1, lambda h: self.attn(h, token_positions))
+    def forward(self, x: Tensor, token_positions: Tensor | None = None,
+                kv_cache: LayerKVCache | None = None) -> Tensor:
+        """x (..., seq, d_model) -> (..., seq, d_model). `kv_cache`: this layer's keys and values (generation)."""
+        x = self.residual(x, self.ln1, lambda h: self.attn(h, token_positions, kv_cache))
         return self.residual(x, self.ln2, self.ffn)

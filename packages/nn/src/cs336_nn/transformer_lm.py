@@ -15,6 +15,7 @@ from cs336_nn.block import TransformerBlock
 from cs336_nn.components import make_norm
 from cs336_nn.config import ModelConfig
 from cs336_nn.embedding import Embedding
+from cs336_nn.kv_cache import KVCache
 from cs336_nn.linear import Linear
 from cs336_nn.rope import RotaryPositionalEmbedding
 
@@ -72,16 +73,26 @@ class TransformerLM(nn.Module):
             nn.init.trunc_normal_(self.token_embeddings.weight, std=std, a=-3 * std, b=3 * std)
             self.lm_head.weight = self.token_embeddings.weight
 
-    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None) -> Tensor:
-        """token_ids (batch, seq) with seq <= context_length -> logits (batch, seq, vocab_size)."""
+    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None,
+                kv_cache: KVCache | None = None) -> Tensor:
+        """token_ids (batch, seq) with seq <= context_length -> logits (batch, seq, vocab_size).
+
+        With `kv_cache` (generation), the tokens sit at token_positions ((batch, seq) or (seq,), default
+        0..seq-1) and attend to the cached keys at or before their positions; see `kv_cache.py`.
+        """
         sequence_length = token_ids.shape[-1]
         if sequence_length > self.config.context_length:
             raise ValueError(f"input has {sequence_length} tokens but context_length is {self.config.context_length}")
         if token_positions is None:
             token_positions = torch.arange(sequence_length, device=token_ids.device)
+        layer_caches: list = [None] * len(self.layers)
+        if kv_cache is not None:
+            token_positions = token_positions.expand(token_ids.shape)  # (batch, seq): the cache is per row
+            # One host sync per step: attention then reads only the cached positions up to the furthest one.
+            layer_caches = kv_cache.layers(int(token_positions.max()) + 1)
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
         if self.absolute_positions is not None:
             x = self.absolute_positions(x, token_positions)
-        for layer in self.layers:
-            x = layer(x, token_positions)
+        for layer, layer_cache in zip(self.layers, layer_caches):
+            x = layer(x, token_positions, layer_cache)
         return self.lm_head(self.ln_final(x))  # (batch, seq, vocab)
