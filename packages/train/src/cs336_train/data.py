@@ -35,12 +35,17 @@ def get_batch(tokens: npt.NDArray, batch_size: int, context_length: int, device:
 def sample_window_starts(num_tokens: int, batch_size: int, context_length: int,
                          rng: np.random.Generator) -> npt.NDArray[np.int64]:
     """Uniform random start positions of windows that fit: 0 <= start <= num_tokens - context_length - 1."""
+    require_one_window(num_tokens, context_length)
+    return rng.integers(0, num_tokens - context_length, size=batch_size)
+
+
+def require_one_window(num_tokens: int, context_length: int) -> None:
+    """A training file needs at least one window of context_length inputs plus the target after them."""
     if num_tokens < context_length + 1:
         raise DataError(
             f"the token file has {num_tokens} tokens, fewer than context_length + 1 = {context_length + 1}; "
             "use more text or a shorter model.context_length"
         )
-    return rng.integers(0, num_tokens - context_length, size=batch_size)
 
 
 def windows_at(tokens: npt.NDArray, starts: npt.NDArray, context_length: int,

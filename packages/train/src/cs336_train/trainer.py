@@ -31,6 +31,7 @@ from cs336_train.checkpoint import CheckpointDirectory, config_differences, read
 from cs336_train.config import TrainConfig
 from cs336_train.data import (
     open_tokens,
+    require_one_window,
     sample_window_starts,
     tokenizer_fingerprint_of,
     validation_batches,
@@ -196,7 +197,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Tra
         progress, sampler = _restore(checkpoints, config, model, optimizer, fingerprint, device)
     train_tokens = open_tokens(config.data.train, config.model.vocab_size, fingerprint)
     valid_tokens = open_tokens(config.data.valid, config.model.vocab_size, fingerprint)
-    sample_window_starts(len(train_tokens), 1, config.model.context_length, np.random.default_rng(0))  # size check
+    require_one_window(len(train_tokens), config.model.context_length)
 
     wandb_run = start_wandb(run_dir, config.to_dict(), run.wandb_project) if run.wandb and dist.is_main else None
     log = MetricsLog(run_dir, wandb_run) if dist.is_main else None
