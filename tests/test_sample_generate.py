@@ -138,3 +138,11 @@ def test_incremental_decoding_of_valid_text_emits_no_replacement_characters(text
     pieces = [decoder.add(byte) for byte in text.encode("utf-8")] + [decoder.finish()]
     assert "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces) or "\ufffd" in text
+
+
+def test_the_callers_code_between_steps_keeps_autograd():
+    # Generation runs the model without autograd, but must not switch it off for the code consuming the stream
+    # (e.g. a training loop that streams a sample between steps).
+    tokenizer, model = byte_tokenizer(), tiny_byte_model()
+    for _ in stream_generate(model, tokenizer, "Once", max_new_tokens=3, stop_token=None):
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

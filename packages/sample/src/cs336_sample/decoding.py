@@ -120,14 +120,13 @@ class Decoding:
             for completion in self.completions:
                 completion.stop_reason = MAX_NEW_TOKENS
             return
-        with torch.inference_mode():
-            logits = self._prefill()
-            while True:
-                next_ids = sample_next_tokens(logits[:, :self.token_limit], self.sampling, self.generators).tolist()
-                yield self._append(next_ids)
-                if self.done:
-                    return
-                logits = self._next_logits()
+        logits = self._prefill()
+        while True:
+            next_ids = sample_next_tokens(logits[:, :self.token_limit], self.sampling, self.generators).tolist()
+            yield self._append(next_ids)
+            if self.done:
+                return
+            logits = self._next_logits()
 
     def run(self) -> list[Completion]:
         """Generate to the end; the completions."""
@@ -168,6 +167,9 @@ class Decoding:
         logits = self.model(token_ids, **cache_arguments)  # (batch, width, vocab)
         return logits[torch.arange(len(last_columns), device=self.device), last_columns]  # (batch, vocab)
 
+    # Inference mode (no autograd bookkeeping) only around the model: a `with` around the loop would stay on
+    # in the caller's code too, between the steps it receives.
+    @torch.inference_mode()
     def _prefill(self) -> Tensor:
         """Run the prompts (filling the cache, if any); the next-token logits of each row (batch, vocab)."""
         token_ids, last_columns = self._padded_sequences()
@@ -175,6 +177,7 @@ class Decoding:
             return self._logits_at(token_ids, last_columns)
         return self._logits_at(token_ids, last_columns, kv_cache=self.kv_cache)  # positions 0..width-1
 
+    @torch.inference_mode()
     def _next_logits(self) -> Tensor:
         if self.kv_cache is None:
             return self._prefill()  # no cache: the whole sequences again
