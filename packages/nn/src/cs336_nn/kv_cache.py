@@ -6,9 +6,9 @@ With a cache, every attention layer stores the keys and values it computed, and 
 token: its query attends to the stored keys. Work per token drops from O(t) positions to one.
 
     cache = KVCache.for_model(model, batch_size=1)
-    logits = model(prompt_ids, kv_cache=cache)                          # prefill: positions 0..len-1
-    next_id = logits[:, -1].argmax(-1, keepdim=True)                    # (batch, 1)
-    logits = model(next_id, torch.tensor([[len(prompt)]]), kv_cache=cache)   # one position: len
+    logits = model(prompt_ids, kv_cache=cache)                   # prefill (1, n): positions 0..n-1
+    next_id = logits[:, -1].argmax(-1, keepdim=True)             # (1, 1)
+    logits = model(next_id, torch.tensor([[n]]), kv_cache=cache)  # one token at position n
 
 Storage is preallocated to the full context, (batch, heads, context_length, d_head) per layer, so no step
 allocates or copies. Keys and values are written at their tokens' absolute positions, and a query at position
