@@ -14,6 +14,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from cs336_nn.activations import softmax
+from cs336_nn.fused_attention import fused_causal_attention
 from cs336_nn.linear import Linear
 from cs336_nn.rope import RotaryPositionalEmbedding
 
@@ -36,8 +37,13 @@ def causal_mask(sequence_length: int, device=None) -> Tensor:
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Attention where each position sees itself and the positions before it. (..., seq, d) -> (..., seq, d)."""
-    return scaled_dot_product_attention(q, k, v, causal_mask(q.shape[-2], device=q.device))
+    """Attention where each position sees itself and the positions before it. (..., seq, d) -> (..., seq, d).
+
+    The same result as `scaled_dot_product_attention(q, k, v, causal_mask(seq))`, computed by
+    `fused_attention.CausalAttention`: in chunks, with a hand-written backward pass, never holding the whole
+    (..., seq, seq) score matrix. Read `scaled_dot_product_attention` for the math, the fused version for speed.
+    """
+    return fused_causal_attention(q, k, v)
 
 
 class MultiHeadSelfAttention(nn.Module):

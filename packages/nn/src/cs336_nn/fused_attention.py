@@ -1,0 +1,138 @@
+"""Causal attention as one autograd function that never holds the whole (batch, heads, seq, seq) score matrix.
+
+The textbook version (`attention.scaled_dot_product_attention`) builds the full score matrix, masks it into a
+second one, softmaxes it into a third, and autograd keeps the probabilities for the backward pass, which then
+builds three more matrices of the same size. Those are by far the largest tensors in the model (batch x heads x
+seq x seq), and on a CPU every fresh one also costs page faults. This function computes the same thing one
+chunk of (batch, head) slices at a time, in a small buffer that is reused, and writes each chunk's result into
+the output. For the backward pass it keeps only the inputs, the output and one log-sum-exp per query, and
+recomputes each chunk's probabilities (one extra Q K^T product, cheap next to the memory saved): the idea of
+FlashAttention (Dao et al., 2022), written with whole-row softmax over plain matrix products.
+
+Forward, per chunk (S = scores, P = probabilities, O = output):
+
+    S = Q K^T / sqrt(d) + mask        mask: 0 where a query may attend, -inf in the future (one baddbmm)
+    P = exp(S - max S) / sum          softmax over keys; we divide O instead of P (seq x d, not seq x seq)
+    O = P V,   L = max S + log(sum)   L: the log-sum-exp of each query's row, kept for backward
+
+Backward, with dO the gradient of the output and D = rowsum(dO * O) (which equals rowsum(P * dP)):
+
+    P  = exp(S - L)                   recomputed, exactly normalised
+    dV = P^T dO,   dP = dO V^T
+    dS = P * (dP - D)                 the softmax backward, dx = y (dy - sum(dy y)), per row
+    dQ = dS K / sqrt(d),   dK = dS^T Q / sqrt(d)
+
+Shapes: q (..., queries, d), k (..., keys, d), v (..., keys, d_v) -> (..., queries, d_v). When there are fewer
+queries than keys, the queries are the last positions of the sequence (query i sits at position
+keys - queries + i), as when new tokens attend to cached ones. Under autocast the products run in the inputs'
+low precision, like the textbook version, while the log-sum-exp stays in float32.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+# The work is cut into chunks of (batch, head) slices whose scores take about CHUNK_BYTES: small enough to stay
+# in the two cores' caches and to be reused by the allocator (a fresh large tensor costs page faults on every
+# step), large enough that the number of tensor operations, each with its own small fixed cost, stays low.
+CHUNK_BYTES = 4 * 2**20
+
+LOG2_E = math.log2(math.e)
+
+_future_masks: dict[tuple, Tensor] = {}
+
+
+def future_mask(queries: int, keys: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(queries, keys) additive mask: 0 where query i may attend to key j (j <= i + keys - queries), else -inf.
+
+    Built once per shape, dtype and device and cached: it is the same for every layer and every step.
+    """
+    key = (queries, keys, dtype, device)
+    if key not in _future_masks:
+        allowed = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(diagonal=keys - queries)
+        mask = torch.zeros(queries, keys, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+        _future_masks[key] = mask
+    return _future_masks[key]
+
+
+def chunks(slices: int, queries: int, keys: int, element_size: int):
+    step = max(1, CHUNK_BYTES // (queries * keys * element_size))
+    return [slice(start, start + step) for start in range(0, slices, step)]
+
+
+def with_column(x: Tensor, column: Tensor | float) -> Tensor:
+    """(n, rows, d) -> (n, rows, d + 1): append a column (a tensor (n, rows, 1) or a constant).
+
+    Appending a column to one factor of a matrix product adds a term to every entry of the result. Three uses:
+    [V | 1] makes the last column of E [V | 1] the row sums of E; [Q | -m] [K | 1]^T = Q K^T - m subtracts each
+    row's max inside the product; [dO | -D] [V | 1]^T = dO V^T - D. Each saves a separate pass over the scores.
+    """
+    if not isinstance(column, Tensor):
+        column = torch.full((*x.shape[:-1], 1), column, dtype=x.dtype, device=x.device)
+    return torch.cat((x, column.to(x.dtype)), dim=-1)
+
+
+class CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        batch_shape, queries, keys, d = q.shape[:-2], q.shape[-2], k.shape[-2], q.shape[-1]
+        if keys < queries:
+            raise ValueError(f"causal attention needs at least as many keys as queries, got {keys} < {queries}")
+        # exp(x) = 2^(x log2 e): folding log2 e into the 1/sqrt(d) scale lets us use exp2, which torch computes at
+        # full speed even where the result underflows (masked and far-below-max scores); float32 exp on a CPU
+        # takes a slow path there, about 10x slower.
+        scale_log2 = LOG2_E / math.sqrt(d)
+        with torch.autocast(q.device.type, enabled=False):  # dtypes are chosen here, not by autocast
+            dtype = q.dtype
+            # Heads are a batch dimension: flatten all batch dimensions into one, (slices, seq, d).
+            q3, k3, v3 = (t.to(dtype).reshape(-1, t.shape[-2], t.shape[-1]) for t in (q, k, v))
+            slices, d_v = q3.shape[0], v3.shape[-1]
+            mask = future_mask(queries, keys, dtype, q.device)
+            v_ones = with_column(v3, 1.0)  # (slices, keys, d_v + 1)
+            out_and_totals = torch.empty(slices, queries, d_v + 1, dtype=dtype, device=q.device)
+            maxima = torch.empty(slices, queries, 1, dtype=dtype, device=q.device)
+            for chunk in chunks(slices, queries, keys, q3.element_size()):
+                scores = torch.baddbmm(mask, q3[chunk], k3[chunk].transpose(1, 2), alpha=scale_log2)  # (c, Tq, Tk)
+                torch.amax(scores, dim=-1, keepdim=True, out=maxima[chunk])
+                exponentials = scores.sub_(maxima[chunk]).exp2_()  # E = exp(S - max S), in place
+                torch.bmm(exponentials, v_ones[chunk], out=out_and_totals[chunk])  # [E V | row sums of E]
+            totals = out_and_totals[..., d_v:]  # (slices, Tq, 1)
+            out = out_and_totals[..., :d_v] / totals  # normalise the output (Tq x d), not the probabilities (Tq x Tk)
+        ctx.save_for_backward(q3, k3, v3, out, maxima, totals)
+        ctx.scale_log2 = scale_log2
+        ctx.inputs = [(t.shape, t.dtype) for t in (q, k, v)]
+        return out.view(*batch_shape, queries, d_v)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q3, k3, v3, out, maxima, totals = ctx.saved_tensors
+        dtype, scale_log2 = q3.dtype, ctx.scale_log2
+        with torch.autocast(q3.device.type, enabled=False):
+            # P = E / total. Dividing dO by the total once (Tq x d values) lets every chunk work with E directly:
+            # dV = E^T dO', and P (dP - D) = E (dP' - D') with dO' = dO / total, dP' = dO' V^T, D' = rowsum(dO' O).
+            grad_scaled = grad_out.reshape(out.shape).to(dtype) / totals
+            row_dot = (grad_scaled * out).sum(dim=-1, keepdim=True, dtype=torch.promote_types(dtype, torch.float32))
+            grad_scaled_dot = with_column(grad_scaled, -row_dot)  # [dO' | -D']
+            q_max = with_column(q3 * scale_log2, -maxima)  # [Q scale | -max]: scores minus max in one product
+            k_ones, v_ones = with_column(k3, 1.0), with_column(v3, 1.0)
+            mask = future_mask(q3.shape[1], k3.shape[1], dtype, q3.device)
+            grad_q, grad_k, grad_v = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
+            for chunk in chunks(q3.shape[0], q3.shape[1], k3.shape[1], q3.element_size()):
+                exponentials = torch.baddbmm(mask, q_max[chunk], k_ones[chunk].transpose(1, 2)).exp2_()  # E
+                torch.bmm(exponentials.transpose(1, 2), grad_scaled[chunk], out=grad_v[chunk])  # dV = E^T dO'
+                grad_scores = torch.bmm(grad_scaled_dot[chunk], v_ones[chunk].transpose(1, 2))  # dP' - D'
+                grad_scores.mul_(exponentials)  # dS = E (dP' - D')
+                torch.bmm(grad_scores, k3[chunk], out=grad_q[chunk])
+                torch.bmm(grad_scores.transpose(1, 2), q3[chunk], out=grad_k[chunk])
+            # S = Q K^T / sqrt(d): dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d); exp2's log2 e is not part of S.
+            grad_q.mul_(scale_log2 / LOG2_E)
+            grad_k.mul_(scale_log2 / LOG2_E)
+        return tuple(grad.view(shape).to(input_dtype) if needed else None
+                     for grad, needed, (shape, input_dtype) in zip((grad_q, grad_k, grad_v), ctx.needs_input_grad,
+                                                                    ctx.inputs))
+
+
+def fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal softmax(q k^T / sqrt(d)) v, chunked and with a hand-written backward (see the module docstring)."""
+    return CausalAttention.apply(q, k, v)
