@@ -1,4 +1,4 @@
-"""Element-wise and normalising functions: `silu`, `softmax` (handout §3.4.2, §3.5.4).
+"""Element-wise and normalising functions: `silu`, `silu_gate`, `softmax` (handout §3.4.2, §3.5.4).
 
     silu(x) = x * sigmoid(x)
     softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x)
@@ -13,6 +13,36 @@ from torch import Tensor
 
 def silu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(x)
+
+
+class _SiluGate(torch.autograd.Function):
+    """silu(a) * b, SwiGLU's activation, with its gradient written out. With s = sigmoid(a):
+
+        d/db = silu(a) = a s
+        d/da = b * silu'(a) = b * s (1 + a (1 - s)) = b * s (1 + a - a s)
+
+    Autograd through `silu(a) * b` would keep a, s, a s and b for the backward pass and allocate a new
+    (..., d_ff) tensor for each of its five products; this keeps a and b only, recomputes s, and works in place.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b)
+        return torch.sigmoid(a).mul_(a).mul_(b)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        a, b = ctx.saved_tensors
+        sigmoid = torch.sigmoid(a)
+        silu_a = a * sigmoid
+        grad_a = torch.sub(a, silu_a).add_(1).mul_(sigmoid).mul_(grad_out).mul_(b)  # s (1 + a - a s) dy b
+        grad_b = silu_a.mul_(grad_out)
+        return grad_a, grad_b
+
+
+def silu_gate(a: Tensor, b: Tensor) -> Tensor:
+    """silu(a) * b (SwiGLU's gated activation), with a hand-written backward pass."""
+    return _SiluGate.apply(a, b)
 
 
 def relu(x: Tensor) -> Tensor:

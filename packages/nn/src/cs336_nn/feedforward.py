@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from cs336_nn.activations import silu
+from cs336_nn.activations import silu_gate
 from cs336_nn.linear import Linear
 
 
@@ -29,7 +29,7 @@ class SwiGLU(nn.Module):
         self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(silu(self.w1(x)) * self.w3(x))
+        return self.w2(silu_gate(self.w1(x), self.w3(x)))  # silu(W1 x) * W3 x
 
 
 class MLP(nn.Module):

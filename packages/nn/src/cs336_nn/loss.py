@@ -3,13 +3,34 @@
     loss = -log softmax(logits)[target] = logsumexp(logits) - logits[target]
 
 Written with logsumexp instead of log(softmax(...)): the exp and the log cancel, and subtracting the maximum
-first keeps exp() finite, so the loss is stable even for logits in the thousands. Logits are upcast to float32.
+first keeps exp() finite, so the loss is stable even for logits in the thousands. Logits are upcast to (at least)
+float32.
 """
 
 import math
 
 import torch
 from torch import Tensor
+
+LOG2_E = math.log2(math.e)
+# Rows are processed in chunks of about this many logits (4 MB in float32): each chunk's temporaries stay in
+# cache and are reused by the allocator, where one (positions, vocab) temporary would be fresh memory, with its
+# page faults, on every step.
+CHUNK_ELEMENTS = 2**20
+
+
+def _exp_shifted(logits: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
+    """exp(logits - shift), computed as 2^((logits - shift) log2 e).
+
+    The same number, but torch's float32 exp on a CPU takes a slow path (about 10-100x slower) wherever the result
+    underflows, and a confident model has many logits far below the maximum; exp2 does not.
+    """
+    return torch.sub(logits, shift, out=out).mul_(LOG2_E).exp2_()
+
+
+def _row_chunks(rows: int, row_length: int) -> list[slice]:
+    step = max(1, CHUNK_ELEMENTS // row_length)
+    return [slice(start, start + step) for start in range(0, rows, step)]
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -22,24 +43,32 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
-        maximum = logits.amax(dim=-1, keepdim=True)
-        exponentials = (logits - maximum).exp_()  # in place: one (..., vocab) buffer instead of two
-        log_sum_exp = torch.log(exponentials.sum(dim=-1, keepdim=True)) + maximum  # (..., 1)
-        del exponentials
-        ctx.save_for_backward(logits, targets, log_sum_exp)
-        return (log_sum_exp - logits.gather(-1, targets.unsqueeze(-1))).squeeze(-1)  # (...)
+        flat = logits.reshape(-1, logits.shape[-1])  # (positions, vocab)
+        maximum = flat.amax(dim=-1, keepdim=True)  # (positions, 1)
+        sums = torch.empty_like(maximum)
+        for rows in _row_chunks(*flat.shape):
+            torch.sum(_exp_shifted(flat[rows], maximum[rows]), dim=-1, keepdim=True, out=sums[rows])
+        log_sum_exp = sums.log_().add_(maximum)  # (positions, 1)
+        flat_targets = targets.reshape(-1, 1)
+        ctx.save_for_backward(flat, flat_targets, log_sum_exp)
+        ctx.logits_shape = logits.shape
+        return (log_sum_exp - flat.gather(-1, flat_targets)).view(targets.shape)  # (...)
 
     @staticmethod
     def backward(ctx, grad_losses: Tensor):
-        logits, targets, log_sum_exp = ctx.saved_tensors
-        grad_logits = (logits - log_sum_exp).exp_()  # softmax(logits), computed in place
-        grad_logits.scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(log_sum_exp, -1.0))  # - one_hot
-        return grad_logits.mul_(grad_losses.unsqueeze(-1)), None
+        flat, flat_targets, log_sum_exp = ctx.saved_tensors
+        grad_losses = grad_losses.reshape(-1, 1)
+        grad_logits = torch.empty_like(flat)
+        for rows in _row_chunks(*flat.shape):
+            # softmax(logits) * dloss, written chunk by chunk into the gradient
+            _exp_shifted(flat[rows], log_sum_exp[rows], out=grad_logits[rows]).mul_(grad_losses[rows])
+        grad_logits.scatter_add_(-1, flat_targets, -grad_losses)  # - one_hot(target) * dloss
+        return grad_logits.view(ctx.logits_shape), None
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int | None = None) -> Tensor:
     """logits (..., vocab), targets (...) -> mean loss over all positions (except `ignore_index` targets)."""
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bfloat16 -> float32; float64 stays
     if ignore_index is None:
         return _CrossEntropy.apply(logits, targets).mean()
     keep = targets != ignore_index

@@ -7,10 +7,19 @@ rotation by a and one by b leave a dot product that depends on a - b): relative 
 cos and sin are computed once for every position up to `max_seq_len` and stored as non-persistent buffers
 (they are derived, so they stay out of checkpoints). One instance is shared by all layers.
 Shapes: x (..., seq, d_k), token_positions (..., seq) -> (..., seq, d_k).
+
+How it is computed: the rotation of each pair is
+
+    out[2k]   = x[2k] cos - x[2k+1] sin
+    out[2k+1] = x[2k+1] cos + x[2k] sin
+
+that is, out = x * cos + swap_pairs(x) * signed_sin, with cos repeated for both members of a pair,
+signed_sin = (-sin, +sin) per pair, and swap_pairs exchanging x[2k] and x[2k+1] (a flip of each pair). Three
+tensor operations (flip, multiply, multiply-add), where splitting into even and odd halves and stacking them
+back takes seven, and autograd's backward pass as many again.
 """
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 
@@ -22,13 +31,16 @@ class RotaryPositionalEmbedding(nn.Module):
         self.d_k, self.max_seq_len = d_k, max_seq_len
         frequencies = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)  # (d_k/2,)
         angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float64), frequencies)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)  # (max_seq_len, d_k/2)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # (max_seq_len, d_k/2, 2): for pair k, cos_k twice, and -sin_k, +sin_k.
+        cos = torch.stack((angles.cos(), angles.cos()), dim=-1)
+        signed_sin = torch.stack((-angles.sin(), angles.sin()), dim=-1)
+        self.register_buffer("cos", cos.float(), persistent=False)
+        self.register_buffer("signed_sin", signed_sin.float(), persistent=False)
 
     def forward(self, x: Tensor, token_positions: Tensor) -> Tensor:
-        cos = self.cos[token_positions].to(x.dtype)  # (..., seq, d_k/2)
-        sin = self.sin[token_positions].to(x.dtype)
-        pairs = rearrange(x, "... seq (half two) -> ... seq half two", two=2)
-        even, odd = pairs[..., 0], pairs[..., 1]
-        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-        return rearrange(rotated, "... seq half two -> ... seq (half two)")
+        cos = self.cos[token_positions].to(x.dtype)  # (..., seq, d_k/2, 2)
+        signed_sin = self.signed_sin[token_positions].to(x.dtype)
+        pairs = x.unflatten(-1, (-1, 2))  # (..., seq, d_k/2, 2), a view of x
+        # flip() makes a new tensor (x[2k+1], x[2k]) per pair; the in-place products then reuse its memory.
+        rotated = pairs.flip(-1).mul_(signed_sin).addcmul_(pairs, cos)
+        return rotated.flatten(-2)  # (..., seq, d_k)

@@ -18,6 +18,23 @@ from collections.abc import Callable
 
 import torch
 
+# The update's one temporary, sqrt(v) + ε, is made for a batch of parameters of about this many numbers at a time
+# (16 MB in float32): a temporary as large as the whole model would be fresh memory, with its page faults, on
+# every step, where a small one is reused.
+BATCH_ELEMENTS = 2**22
+
+
+def _batches(parameters: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of `parameters`, cut into consecutive batches of about BATCH_ELEMENTS numbers."""
+    batches, current, size = [], [], 0
+    for index, parameter in enumerate(parameters):
+        if current and size + parameter.numel() > BATCH_ELEMENTS:
+            batches.append(current)
+            current, size = [], 0
+        current.append(index)
+        size += parameter.numel()
+    return batches + [current] if current else batches
+
 
 class AdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -56,10 +73,12 @@ class AdamW(torch.optim.Optimizer):
             torch._foreach_mul_(second_moments, beta2)
             torch._foreach_addcmul_(second_moments, gradients, gradients, value=1 - beta2)  # v += (1 - β2) g²
 
-            step_sizes = [lr * math.sqrt(1 - beta2 ** state["t"]) / (1 - beta1 ** state["t"]) for state in states]
-            denominators = torch._foreach_sqrt(second_moments)
-            torch._foreach_add_(denominators, eps)
-            torch._foreach_addcdiv_(parameters, first_moments, denominators, [-size for size in step_sizes])
+            step_sizes = [-lr * math.sqrt(1 - beta2 ** state["t"]) / (1 - beta1 ** state["t"]) for state in states]
+            for batch in _batches(parameters):
+                denominators = torch._foreach_sqrt([second_moments[i] for i in batch])  # sqrt(v) + ε
+                torch._foreach_add_(denominators, eps)
+                torch._foreach_addcdiv_([parameters[i] for i in batch], [first_moments[i] for i in batch],
+                                        denominators, [step_sizes[i] for i in batch])  # θ -= α_t m / (sqrt(v) + ε)
             if weight_decay:
                 torch._foreach_mul_(parameters, 1 - lr * weight_decay)
         return loss
