@@ -1,0 +1,128 @@
+"""The hand-written autograd functions of cs336_nn (fused causal attention, silu gate, RMSNorm, cross-entropy):
+forward and gradients against torch built-ins, and torch.autograd.gradcheck in float64 on small inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cs336_nn as nn_
+from cs336_nn import fused_attention, loss
+from cs336_nn.activations import silu_gate
+from cs336_nn.fused_attention import fused_causal_attention
+from cs336_nn.rmsnorm import _RMSNorm
+
+
+def assert_close(actual, expected, atol=1e-5, rtol=1e-4):
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+
+
+def values_and_grads(function, *inputs, seed=0):
+    """function(*inputs) and the gradients of <function(*inputs), fixed random upstream gradient>."""
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    output = function(*inputs)
+    upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed)).to(output.dtype)
+    grads = torch.autograd.grad(output, inputs, upstream)
+    return output.detach(), grads
+
+
+def sdpa_causal(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 3 (batch, head) slices for 16 x 16 float32 scores, so the last chunk is a partial one."""
+    monkeypatch.setattr(fused_attention, "CHUNK_BYTES", 3 * 16 * 16 * 4)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 16, 8), (7, 16, 8), (1, 1, 16, 8)])
+def test_fused_attention_matches_sdpa_forward_and_backward(shape, small_chunks):
+    q, k, v = (torch.randn(shape) for _ in range(3))
+    out, grads = values_and_grads(fused_causal_attention, q, k, v)
+    ref, ref_grads = values_and_grads(sdpa_causal, q, k, v)
+    assert_close(out, ref)
+    for ours, expected in zip(grads, ref_grads):
+        assert_close(ours, expected)
+
+
+def test_fused_attention_is_the_models_causal_attention():
+    q, k, v = (torch.randn(2, 3, 10, 4) for _ in range(3))
+    assert_close(nn_.causal_attention(q, k, v), sdpa_causal(q, k, v))
+    textbook = nn_.scaled_dot_product_attention(q, k, v, nn_.causal_mask(10))
+    assert_close(nn_.causal_attention(q, k, v), textbook)
+
+
+def test_fused_attention_gradcheck_float64(small_chunks):
+    q, k, v = (torch.randn(2, 3, 16, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(fused_causal_attention, (q, k, v))
+
+
+def test_fused_attention_with_fewer_queries_than_keys_sees_the_last_positions():
+    q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 6)
+    # Query i sits at position 9 - 3 + i: it may see keys 0..6 + i.
+    allowed = torch.ones(3, 9, dtype=torch.bool).tril(diagonal=6)
+    out, grads = values_and_grads(fused_causal_attention, q, k, v)
+    ref, ref_grads = values_and_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed),
+                                      q, k, v)
+    assert_close(out, ref)
+    for ours, expected in zip(grads, ref_grads):
+        assert_close(ours, expected)
+    with pytest.raises(ValueError, match="at least as many keys as queries"):
+        fused_causal_attention(k, q, q)
+
+
+def test_fused_attention_is_stable_for_huge_scores():
+    # Scores in the thousands: exp would overflow without the max subtraction, and most entries underflow.
+    q, k, v = torch.randn(2, 2, 12, 8) * 40, torch.randn(2, 2, 12, 8) * 40, torch.randn(2, 2, 12, 8)
+    out, grads = values_and_grads(fused_causal_attention, q, k, v)
+    ref, ref_grads = values_and_grads(sdpa_causal, q.double(), k.double(), v.double())
+    assert torch.isfinite(out).all()
+    assert_close(out, ref.float(), atol=1e-4, rtol=1e-3)
+    for ours, expected in zip(grads, ref_grads):
+        assert_close(ours, expected.float(), atol=1e-3, rtol=1e-3)
+
+
+def test_fused_attention_in_bfloat16_is_close_to_float64(small_chunks):
+    q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
+    out, grads = values_and_grads(fused_causal_attention, q.bfloat16(), k.bfloat16(), v.bfloat16())
+    ref, ref_grads = values_and_grads(sdpa_causal, q.double(), k.double(), v.double())
+    assert out.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads)
+    assert_close(out.double(), ref, atol=3e-2, rtol=3e-2)
+    for ours, expected in zip(grads, ref_grads):
+        assert_close(ours.double(), expected, atol=8e-2, rtol=5e-2)
+
+
+def test_silu_gate_matches_builtin_and_gradcheck():
+    a, b = torch.randn(3, 7, 20) * 4, torch.randn(3, 7, 20)
+    out, grads = values_and_grads(silu_gate, a, b)
+    ref, ref_grads = values_and_grads(lambda a, b: F.silu(a) * b, a, b)
+    assert_close(out, ref)
+    for ours, expected in zip(grads, ref_grads):
+        assert_close(ours, expected)
+    a64, b64 = (torch.randn(2, 5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(silu_gate, (a64, b64))
+
+
+def test_rmsnorm_gradcheck_and_dtypes():
+    x = torch.randn(3, 4, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: _RMSNorm.apply(x, w, 1e-5), (x, weight))
+    norm = nn_.RMSNorm(8)
+    x16 = torch.randn(2, 8, dtype=torch.bfloat16, requires_grad=True)
+    norm(x16).sum().backward()
+    assert norm(x16).dtype == x16.grad.dtype == torch.bfloat16 and norm.weight.grad.dtype == torch.float32
+    # bfloat16 in, float32 arithmetic inside: close to the float32 result rounded once.
+    assert_close(norm(x16).float(), norm(x16.float()).bfloat16().float(), atol=1e-2, rtol=1e-2)
+
+
+def test_cross_entropy_in_chunks_matches_builtin_and_gradcheck(monkeypatch):
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 3 * 50)  # 3 rows per chunk, 28 rows: a partial last chunk
+    logits = torch.randn(4, 7, 50) * 30  # many probabilities underflow
+    targets = torch.randint(0, 50, (4, 7))
+    out, (grad,) = values_and_grads(lambda l: nn_.cross_entropy(l, targets), logits)
+    ref, (ref_grad,) = values_and_grads(lambda l: F.cross_entropy(l.reshape(-1, 50), targets.reshape(-1)), logits)
+    assert_close(out, ref)
+    assert_close(grad, ref_grad)
+    logits64 = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    targets64 = torch.randint(0, 6, (5,))
+    assert torch.autograd.gradcheck(lambda l: loss._CrossEntropy.apply(l, targets64), (logits64,))
