@@ -33,11 +33,11 @@ class _SiluGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         a, b = ctx.saved_tensors
-        sigmoid = torch.sigmoid(a)
-        silu_a = a * sigmoid
-        grad_a = torch.sub(a, silu_a).add_(1).mul_(sigmoid).mul_(grad_out).mul_(b)  # s (1 + a - a s) dy b
-        grad_b = silu_a.mul_(grad_out)
-        return grad_a, grad_b
+        grad_a = torch.sigmoid(a)  # s; becomes d/da below
+        silu_a = a * grad_a  # a s; becomes d/db below
+        # s (1 + a - a s) = s - (a s) s + a s: two in-place steps, no further temporaries
+        grad_a.addcmul_(silu_a, grad_a, value=-1).add_(silu_a).mul_(grad_out).mul_(b)
+        return grad_a, silu_a.mul_(grad_out)
 
 
 def silu_gate(a: Tensor, b: Tensor) -> Tensor:

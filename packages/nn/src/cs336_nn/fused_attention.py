@@ -49,20 +49,26 @@ def future_mask(queries: int, keys: int, dtype: torch.dtype, device: torch.devic
     Built once per shape, dtype and device and cached: it is the same for every layer and every step.
     """
     key = (queries, keys, dtype, device)
-    if key not in _future_masks:
-        allowed = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(diagonal=keys - queries)
-        mask = torch.zeros(queries, keys, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+    if key in _future_masks:
+        return _future_masks[key]
+    allowed = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(diagonal=keys - queries)
+    mask = torch.zeros(queries, keys, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+    if not torch.compiler.is_compiling():  # a compiled graph builds its own constant; it must not touch globals
         _future_masks[key] = mask
-    return _future_masks[key]
+    return mask
 
 
-def chunks(slices: int, queries: int, keys: int, element_size: int):
-    step = max(1, CHUNK_BYTES // (queries * keys * element_size))
-    return [slice(start, start + step) for start in range(0, slices, step)]
+def chunk_size(queries: int, keys: int, dtype: torch.dtype) -> int:
+    """How many (batch, head) slices make one chunk: their scores take about CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // (queries * keys * torch.empty((), dtype=dtype).element_size()))
+
+
+def chunks(slices: int, step: int) -> list[slice]:
+    return [slice(start, min(start + step, slices)) for start in range(0, slices, step)]
 
 
 def with_column(x: Tensor, column: Tensor | float) -> Tensor:
-    """(n, rows, d) -> (n, rows, d + 1): append a column (a tensor (n, rows, 1) or a constant).
+    """(..., rows, d) -> (..., rows, d + 1): append a column (a tensor (..., rows, 1) or a constant).
 
     Appending a column to one factor of a matrix product adds a term to every entry of the result. Three uses:
     [V | 1] makes the last column of E [V | 1] the row sums of E; [Q | -m] [K | 1]^T = Q K^T - m subtracts each
@@ -86,42 +92,56 @@ class CausalAttention(torch.autograd.Function):
         with torch.autocast(q.device.type, enabled=False):  # dtypes are chosen here, not by autocast
             dtype = q.dtype
             # Heads are a batch dimension: flatten all batch dimensions into one, (slices, seq, d).
-            q3, k3, v3 = (t.to(dtype).reshape(-1, t.shape[-2], t.shape[-1]) for t in (q, k, v))
-            slices, d_v = q3.shape[0], v3.shape[-1]
+            q3 = q.reshape(-1, queries, d)
+            k_ones = with_column(k.to(dtype), 1.0).reshape(-1, keys, d + 1)  # [K | 1], for the backward pass
+            v_ones = with_column(v.to(dtype), 1.0).reshape(-1, keys, v.shape[-1] + 1)  # [V | 1]
+            k3 = k_ones[..., :d]  # K itself, a view
+            slices, d_v = q3.shape[0], v.shape[-1]
             mask = future_mask(queries, keys, dtype, q.device)
-            v_ones = with_column(v3, 1.0)  # (slices, keys, d_v + 1)
             out_and_totals = torch.empty(slices, queries, d_v + 1, dtype=dtype, device=q.device)
             maxima = torch.empty(slices, queries, 1, dtype=dtype, device=q.device)
-            for chunk in chunks(slices, queries, keys, q3.element_size()):
-                scores = torch.baddbmm(mask, q3[chunk], k3[chunk].transpose(1, 2), alpha=scale_log2)  # (c, Tq, Tk)
+            step = chunk_size(queries, keys, dtype)
+            scores_buffer = torch.empty(min(step, slices), queries, keys, dtype=dtype, device=q.device)  # reused
+            for chunk in chunks(slices, step):
+                scores = scores_buffer[: chunk.stop - chunk.start]  # (c, Tq, Tk)
+                torch.baddbmm(mask, q3[chunk], k3[chunk].transpose(1, 2), alpha=scale_log2, out=scores)
                 torch.amax(scores, dim=-1, keepdim=True, out=maxima[chunk])
                 exponentials = scores.sub_(maxima[chunk]).exp2_()  # E = exp(S - max S), in place
                 torch.bmm(exponentials, v_ones[chunk], out=out_and_totals[chunk])  # [E V | row sums of E]
-            totals = out_and_totals[..., d_v:]  # (slices, Tq, 1)
+            totals = out_and_totals[..., d_v:].clone()  # (slices, Tq, 1); a copy, so out_and_totals can be freed
             out = out_and_totals[..., :d_v] / totals  # normalise the output (Tq x d), not the probabilities (Tq x Tk)
-        ctx.save_for_backward(q3, k3, v3, out, maxima, totals)
+        out = out.view(*batch_shape, queries, d_v)
+        ctx.save_for_backward(q3, k_ones, v_ones, out, maxima, totals)
         ctx.scale_log2 = scale_log2
         ctx.inputs = [(t.shape, t.dtype) for t in (q, k, v)]
-        return out.view(*batch_shape, queries, d_v)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q3, k3, v3, out, maxima, totals = ctx.saved_tensors
+        q3, k_ones, v_ones, out, maxima, totals = ctx.saved_tensors
         dtype, scale_log2 = q3.dtype, ctx.scale_log2
+        slices, queries, keys, d = q3.shape[0], q3.shape[1], k_ones.shape[1], q3.shape[2]
         with torch.autocast(q3.device.type, enabled=False):
             # P = E / total. Dividing dO by the total once (Tq x d values) lets every chunk work with E directly:
             # dV = E^T dO', and P (dP - D) = E (dP' - D') with dO' = dO / total, dP' = dO' V^T, D' = rowsum(dO' O).
+            out = out.reshape(slices, queries, -1)  # (slices, Tq, d_v)
             grad_scaled = grad_out.reshape(out.shape).to(dtype) / totals
             row_dot = (grad_scaled * out).sum(dim=-1, keepdim=True, dtype=torch.promote_types(dtype, torch.float32))
             grad_scaled_dot = with_column(grad_scaled, -row_dot)  # [dO' | -D']
             q_max = with_column(q3 * scale_log2, -maxima)  # [Q scale | -max]: scores minus max in one product
-            k_ones, v_ones = with_column(k3, 1.0), with_column(v3, 1.0)
-            mask = future_mask(q3.shape[1], k3.shape[1], dtype, q3.device)
-            grad_q, grad_k, grad_v = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
-            for chunk in chunks(q3.shape[0], q3.shape[1], k3.shape[1], q3.element_size()):
-                exponentials = torch.baddbmm(mask, q_max[chunk], k_ones[chunk].transpose(1, 2)).exp2_()  # E
+            k3 = k_ones[..., :d]
+            mask = future_mask(queries, keys, dtype, q3.device)
+            grad_q, grad_k = torch.empty_like(q3), torch.empty(slices, keys, d, dtype=dtype, device=q3.device)
+            grad_v = torch.empty(slices, keys, v_ones.shape[-1] - 1, dtype=dtype, device=q3.device)
+            step = chunk_size(queries, keys, dtype)
+            exponentials_buffer, grad_scores_buffer = (
+                torch.empty(min(step, slices), queries, keys, dtype=dtype, device=q3.device) for _ in range(2))
+            for chunk in chunks(slices, step):
+                exponentials = exponentials_buffer[: chunk.stop - chunk.start]
+                grad_scores = grad_scores_buffer[: chunk.stop - chunk.start]
+                torch.baddbmm(mask, q_max[chunk], k_ones[chunk].transpose(1, 2), out=exponentials).exp2_()  # E
                 torch.bmm(exponentials.transpose(1, 2), grad_scaled[chunk], out=grad_v[chunk])  # dV = E^T dO'
-                grad_scores = torch.bmm(grad_scaled_dot[chunk], v_ones[chunk].transpose(1, 2))  # dP' - D'
+                torch.bmm(grad_scaled_dot[chunk], v_ones[chunk].transpose(1, 2), out=grad_scores)  # dP' - D'
                 grad_scores.mul_(exponentials)  # dS = E (dP' - D')
                 torch.bmm(grad_scores, k3[chunk], out=grad_q[chunk])
                 torch.bmm(grad_scores.transpose(1, 2), q3[chunk], out=grad_k[chunk])
