@@ -126,3 +126,13 @@ def test_cross_entropy_in_chunks_matches_builtin_and_gradcheck(monkeypatch):
     logits64 = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
     targets64 = torch.randint(0, 6, (5,))
     assert torch.autograd.gradcheck(lambda l: loss._CrossEntropy.apply(l, targets64), (logits64,))
+
+
+@pytest.mark.slow
+def test_fused_attention_compiles_to_the_same_values_and_gradients(small_chunks):
+    q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
+    out, grads = values_and_grads(torch.compile(fused_causal_attention, fullgraph=True), q, k, v)
+    ref, ref_grads = values_and_grads(sdpa_causal, q, k, v)
+    assert_close(out, ref)
+    for ours, expected in zip(grads, ref_grads):
+        assert_close(ours, expected)
