@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import cs336_optim as optim_
+from cs336_optim import adamw as adamw_module
 from tests import adapters
 
 
@@ -56,10 +57,13 @@ def test_adamw_matches_torch_adamw():
     assert (ours - ours_without).abs().max() > 10 * (ours - theirs).abs().max()
 
 
-def test_adamw_is_exactly_algorithm_1():
+@pytest.mark.parametrize("batch_elements", [None, 10])
+def test_adamw_is_exactly_algorithm_1(batch_elements, monkeypatch):
+    if batch_elements:  # parameters of 20, 3 and 7 numbers: updated in batches [20], [3, 7]
+        monkeypatch.setattr(adamw_module, "BATCH_ELEMENTS", batch_elements)
+        assert adamw_module._batches([torch.empty(20), torch.empty(3), torch.empty(7)]) == [[0], [1, 2]]
     torch.manual_seed(0)
-    params = [torch.randn(5, 4, dtype=torch.float64, requires_grad=True), torch.randn(3, dtype=torch.float64,
-                                                                                     requires_grad=True)]
+    params = [torch.randn(shape, dtype=torch.float64, requires_grad=True) for shape in ((5, 4), (3,), (7,))]
     reference = [p.detach().clone().requires_grad_(True) for p in params]
     optimizer = optim_.AdamW(params, lr=0.1, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.5)
     state = {}
