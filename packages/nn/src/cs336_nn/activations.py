@@ -7,8 +7,12 @@ Subtracting the maximum changes nothing mathematically (it cancels) but keeps ex
 largest exponent becomes exp(0) = 1.
 """
 
+import math
+
 import torch
 from torch import Tensor
+
+LOG2_E = math.log2(math.e)
 
 
 def silu(x: Tensor) -> Tensor:
@@ -59,7 +63,9 @@ class _Softmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, dim: int) -> Tensor:
         # Subtracting the max changes nothing (it cancels in the ratio) but keeps exp() from overflowing.
-        y = (x - x.amax(dim=dim, keepdim=True)).exp_()
+        # exp(z) = 2^(z log2 e): torch's float32 exp on a CPU is ~10x slower where the result underflows (masked
+        # -inf entries, values far below the max); exp2 is not.
+        y = (x - x.amax(dim=dim, keepdim=True)).mul_(LOG2_E).exp2_()
         y.div_(y.sum(dim=dim, keepdim=True))
         ctx.save_for_backward(y)
         ctx.dim = dim
