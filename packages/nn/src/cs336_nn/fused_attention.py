@@ -4,28 +4,30 @@ The textbook version (`attention.scaled_dot_product_attention`) builds the full 
 second one, softmaxes it into a third, and autograd keeps the probabilities for the backward pass, which then
 builds three more matrices of the same size. Those are by far the largest tensors in the model (batch x heads x
 seq x seq), and on a CPU every fresh one also costs page faults. This function computes the same thing one
-chunk of (batch, head) slices at a time, in a small buffer that is reused, and writes each chunk's result into
-the output. For the backward pass it keeps only the inputs, the output and one log-sum-exp per query, and
+chunk of (batch, head) slices at a time, in one small buffer that every chunk reuses. For the backward pass it
+keeps only the inputs, the output and, per query, the row maximum and the row sum of the exponentials, and
 recomputes each chunk's probabilities (one extra Q K^T product, cheap next to the memory saved): the idea of
-FlashAttention (Dao et al., 2022), written with whole-row softmax over plain matrix products.
+FlashAttention (Dao et al., 2022), written with whole-row softmax over plain matrix products. Query rows are
+split into blocks so that early rows skip the keys they may not see anyway.
 
-Forward, per chunk (S = scores, P = probabilities, O = output):
+Forward, per chunk (S = scores, E = unnormalised probabilities, O = output):
 
     S = Q K^T / sqrt(d) + mask        mask: 0 where a query may attend, -inf in the future (one baddbmm)
-    P = exp(S - max S) / sum          softmax over keys; we divide O instead of P (seq x d, not seq x seq)
-    O = P V,   L = max S + log(sum)   L: the log-sum-exp of each query's row, kept for backward
+    E = exp(S - max S)                in place; P = E / sum(E) is never formed
+    [E V | sum E] = E [V | 1]         one product gives the unnormalised output and the row sums
+    O = E V / sum E                   normalising O (seq x d) instead of P (seq x seq)
 
-Backward, with dO the gradient of the output and D = rowsum(dO * O) (which equals rowsum(P * dP)):
+Backward, with dO the gradient of the output, dO' = dO / sum E and D' = rowsum(dO' * O):
 
-    P  = exp(S - L)                   recomputed, exactly normalised
-    dV = P^T dO,   dP = dO V^T
-    dS = P * (dP - D)                 the softmax backward, dx = y (dy - sum(dy y)), per row
+    E  = exp([Q / sqrt(d) | -max] [K | 1]^T + mask)    recomputed; the max is subtracted inside the product
+    dV = E^T dO'
+    dS = E * ([dO' | -D'] [V | 1]^T)  = P (dP - rowsum(P dP)), the softmax backward
     dQ = dS K / sqrt(d),   dK = dS^T Q / sqrt(d)
 
 Shapes: q (..., queries, d), k (..., keys, d), v (..., keys, d_v) -> (..., queries, d_v). When there are fewer
 queries than keys, the queries are the last positions of the sequence (query i sits at position
 keys - queries + i), as when new tokens attend to cached ones. Under autocast the products run in the inputs'
-low precision, like the textbook version, while the log-sum-exp stays in float32.
+low precision, like the textbook version.
 """
 
 import math
@@ -36,7 +38,10 @@ from torch import Tensor
 # The work is cut into chunks of (batch, head) slices whose scores take about CHUNK_BYTES: small enough to stay
 # in the two cores' caches and to be reused by the allocator (a fresh large tensor costs page faults on every
 # step), large enough that the number of tensor operations, each with its own small fixed cost, stays low.
-CHUNK_BYTES = 4 * 2**20
+# Query rows are cut into QUERY_BLOCKS blocks: the first rows never look at the last keys, so with two blocks a
+# quarter of the score matrix is skipped (more blocks skip more but cost more operations; 2 measured best here).
+CHUNK_BYTES = 2 * 2**20
+QUERY_BLOCKS = 2
 
 LOG2_E = math.log2(math.e)
 
@@ -58,12 +63,19 @@ def future_mask(queries: int, keys: int, dtype: torch.dtype, device: torch.devic
     return mask
 
 
-def chunk_size(queries: int, keys: int, dtype: torch.dtype) -> int:
-    """How many (batch, head) slices make one chunk: their scores take about CHUNK_BYTES."""
-    return max(1, CHUNK_BYTES // (queries * keys * torch.empty((), dtype=dtype).element_size()))
+def query_blocks(queries: int, keys: int) -> list[tuple[slice, int]]:
+    """(rows, keys they may see) for QUERY_BLOCKS blocks of query rows, the one that sees all keys last.
+
+    Causality lets the first rows skip the last keys: with two blocks, a quarter of the scores is never computed.
+    """
+    size = max(1, -(-queries // QUERY_BLOCKS))
+    starts = range(0, queries, size)
+    return [(slice(start, min(start + size, queries)), keys - queries + min(start + size, queries)) for start in starts]
 
 
-def chunks(slices: int, step: int) -> list[slice]:
+def chunks(slices: int, rows: int, keys: int, dtype: torch.dtype) -> list[slice]:
+    """Consecutive runs of (batch, head) slices whose (rows x keys) scores take about CHUNK_BYTES."""
+    step = max(1, CHUNK_BYTES // (rows * keys * torch.empty((), dtype=dtype).element_size()))
     return [slice(start, min(start + step, slices)) for start in range(0, slices, step)]
 
 
@@ -77,6 +89,15 @@ def with_column(x: Tensor, column: Tensor | float) -> Tensor:
     if not isinstance(column, Tensor):
         column = torch.full((*x.shape[:-1], 1), column, dtype=x.dtype, device=x.device)
     return torch.cat((x, column.to(x.dtype)), dim=-1)
+
+
+def write_or_add(target: Tensor, a: Tensor, b: Tensor, write: bool) -> None:
+    """target = a @ b, or target += a @ b (as a separate product: baddbmm_ into a strided view would fall back
+    to one small product per slice)."""
+    if write:
+        torch.bmm(a, b, out=target)
+    else:
+        target += torch.bmm(a, b)
 
 
 class CausalAttention(torch.autograd.Function):
@@ -98,16 +119,22 @@ class CausalAttention(torch.autograd.Function):
             k3 = k_ones[..., :d]  # K itself, a view
             slices, d_v = q3.shape[0], v.shape[-1]
             mask = future_mask(queries, keys, dtype, q.device)
-            out_and_totals = torch.empty(slices, queries, d_v + 1, dtype=dtype, device=q.device)
-            maxima = torch.empty(slices, queries, 1, dtype=dtype, device=q.device)
-            step = chunk_size(queries, keys, dtype)
-            scores_buffer = torch.empty(min(step, slices), queries, keys, dtype=dtype, device=q.device)  # reused
-            for chunk in chunks(slices, step):
-                scores = scores_buffer[: chunk.stop - chunk.start]  # (c, Tq, Tk)
-                torch.baddbmm(mask, q3[chunk], k3[chunk].transpose(1, 2), alpha=scale_log2, out=scores)
-                torch.amax(scores, dim=-1, keepdim=True, out=maxima[chunk])
-                exponentials = scores.sub_(maxima[chunk]).exp2_()  # E = exp(S - max S), in place
-                torch.bmm(exponentials, v_ones[chunk], out=out_and_totals[chunk])  # [E V | row sums of E]
+            outputs, maxima = [], []  # per block of query rows: [E V | row sums of E] and row maxima
+            for rows, seen in query_blocks(queries, keys):
+                block_chunks = chunks(slices, rows.stop - rows.start, seen, dtype)
+                block_out = torch.empty(slices, rows.stop - rows.start, d_v + 1, dtype=dtype, device=q.device)
+                block_max = torch.empty(slices, rows.stop - rows.start, 1, dtype=dtype, device=q.device)
+                buffer = torch.empty(block_chunks[0].stop, rows.stop - rows.start, seen, dtype=dtype, device=q.device)
+                for chunk in block_chunks:
+                    scores = buffer[: chunk.stop - chunk.start]  # (c, rows, seen), reused by every chunk
+                    torch.baddbmm(mask[rows, :seen], q3[chunk, rows], k3[chunk, :seen].transpose(1, 2),
+                                  alpha=scale_log2, out=scores)
+                    torch.amax(scores, dim=-1, keepdim=True, out=block_max[chunk])
+                    exponentials = scores.sub_(block_max[chunk]).exp2_()  # E = exp(S - max S), in place
+                    torch.bmm(exponentials, v_ones[chunk, :seen], out=block_out[chunk])
+                outputs.append(block_out)
+                maxima.append(block_max)
+            out_and_totals, maxima = torch.cat(outputs, dim=1), torch.cat(maxima, dim=1)  # (slices, Tq, ...)
             totals = out_and_totals[..., d_v:].clone()  # (slices, Tq, 1); a copy, so out_and_totals can be freed
             out = out_and_totals[..., :d_v] / totals  # normalise the output (Tq x d), not the probabilities (Tq x Tk)
         out = out.view(*batch_shape, queries, d_v)
@@ -131,20 +158,29 @@ class CausalAttention(torch.autograd.Function):
             q_max = with_column(q3 * scale_log2, -maxima)  # [Q scale | -max]: scores minus max in one product
             k3 = k_ones[..., :d]
             mask = future_mask(queries, keys, dtype, q3.device)
-            grad_q, grad_k = torch.empty_like(q3), torch.empty(slices, keys, d, dtype=dtype, device=q3.device)
+            grad_k = torch.empty(slices, keys, d, dtype=dtype, device=q3.device)
             grad_v = torch.empty(slices, keys, v_ones.shape[-1] - 1, dtype=dtype, device=q3.device)
-            step = chunk_size(queries, keys, dtype)
-            exponentials_buffer, grad_scores_buffer = (
-                torch.empty(min(step, slices), queries, keys, dtype=dtype, device=q3.device) for _ in range(2))
-            for chunk in chunks(slices, step):
-                exponentials = exponentials_buffer[: chunk.stop - chunk.start]
-                grad_scores = grad_scores_buffer[: chunk.stop - chunk.start]
-                torch.baddbmm(mask, q_max[chunk], k_ones[chunk].transpose(1, 2), out=exponentials).exp2_()  # E
-                torch.bmm(exponentials.transpose(1, 2), grad_scaled[chunk], out=grad_v[chunk])  # dV = E^T dO'
-                torch.bmm(grad_scaled_dot[chunk], v_ones[chunk].transpose(1, 2), out=grad_scores)  # dP' - D'
-                grad_scores.mul_(exponentials)  # dS = E (dP' - D')
-                torch.bmm(grad_scores, k3[chunk], out=grad_q[chunk])
-                torch.bmm(grad_scores.transpose(1, 2), q3[chunk], out=grad_k[chunk])
+            grad_q_blocks = []
+            # The last block sees every key and writes dK and dV; the earlier ones add to their first keys.
+            for rows, seen in reversed(query_blocks(queries, keys)):
+                first = seen == keys
+                block_chunks = chunks(slices, rows.stop - rows.start, seen, dtype)
+                grad_q = torch.empty(slices, rows.stop - rows.start, d, dtype=dtype, device=q3.device)
+                exponentials_buffer, grad_scores_buffer = (
+                    torch.empty(block_chunks[0].stop, rows.stop - rows.start, seen, dtype=dtype, device=q3.device)
+                    for _ in range(2))
+                for chunk in block_chunks:
+                    exponentials = exponentials_buffer[: chunk.stop - chunk.start]
+                    grad_scores = grad_scores_buffer[: chunk.stop - chunk.start]
+                    torch.baddbmm(mask[rows, :seen], q_max[chunk, rows], k_ones[chunk, :seen].transpose(1, 2),
+                                  out=exponentials).exp2_()  # E
+                    write_or_add(grad_v[chunk, :seen], exponentials.transpose(1, 2), grad_scaled[chunk, rows], first)
+                    torch.bmm(grad_scaled_dot[chunk, rows], v_ones[chunk, :seen].transpose(1, 2), out=grad_scores)
+                    grad_scores.mul_(exponentials)  # dS = E (dP' - D'), from dP' - D' = [dO' | -D'] [V | 1]^T
+                    torch.bmm(grad_scores, k3[chunk, :seen], out=grad_q[chunk])  # dQ = dS K
+                    write_or_add(grad_k[chunk, :seen], grad_scores.transpose(1, 2), q3[chunk, rows], first)  # dS^T Q
+                grad_q_blocks.insert(0, grad_q)
+            grad_q = torch.cat(grad_q_blocks, dim=1)
             # S = Q K^T / sqrt(d): dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d); exp2's log2 e is not part of S.
             grad_q.mul_(scale_log2 / LOG2_E)
             grad_k.mul_(scale_log2 / LOG2_E)
