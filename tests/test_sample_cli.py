@@ -117,8 +117,15 @@ def test_cli_greedy_output_is_the_same_with_and_without_the_cache(run_dir):
     assert with_cache.stdout == without.stdout
 
 
-def test_cli_says_when_the_context_is_full(run_dir):
-    result = invoke(run_dir / "checkpoints" / "step_00000002.pt", "Once upon a time", "--max-tokens", 100)
+def test_cli_says_when_the_context_is_full(tmp_path):
+    # A tokenizer without <|endoftext|>, so no sample can stop early by chance: it must run into the context.
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT.replace(EOT, " "), encoding="utf-8")
+    tokenizer = Tokenizer(*train_bpe(corpus, vocab_size=300, special_tokens=[]))
+    tokenizer.save(tmp_path / "run" / "tokenizer")
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000002.pt", tiny_model(1, context_length=16),
+                    tokenizer, 2)
+    result = invoke(tmp_path / "run", "Once upon a time", "--max-tokens", 100)
     assert result.exit_code == 0, result.output
     assert "context of 16 tokens is full" in result.stderr
 
