@@ -101,5 +101,5 @@ class MultiHeadSelfAttention(nn.Module):
         if self.rope is not None:
             positions = token_positions.unsqueeze(-2)  # (batch, 1, seq): the same positions for every head
             q, k = self.rope(q, positions), self.rope(k, positions)
-        attended = kv_cache.attend(q, k, v, token_positions)  # (batch, heads, seq, d_head)
+        attended = kv_cache.attend(q, k, v)  # (batch, heads, seq, d_head), at kv_cache.token_positions
         return self.output_proj(rearrange(attended, "batch heads seq d_head -> batch seq (heads d_head)"))

@@ -26,27 +26,28 @@ from cs336_nn.attention import scaled_dot_product_attention
 
 
 class LayerKVCache(NamedTuple):
-    """One layer's view of the cache: keys, values (batch, heads, length, d_head) for positions 0..length-1."""
+    """One layer's view of the cache for one step: keys, values (batch, heads, length, d_head) for positions
+    0..length-1, where this step's tokens go (batch, seq), and which cached keys each of them may see."""
 
     keys: Tensor
     values: Tensor
+    token_positions: Tensor  # (batch, seq)
+    visible: Tensor  # (batch, 1, seq, length), True = may attend: the causal mask, by position, for every head
 
-    def store(self, k: Tensor, v: Tensor, token_positions: Tensor) -> None:
-        """Write k, v (batch, heads, seq, d_head) at token_positions (batch, seq)."""
+    def store(self, k: Tensor, v: Tensor) -> None:
+        """Write k, v (batch, heads, seq, d_head) at this step's token positions."""
         rows = torch.arange(k.shape[0], device=k.device).unsqueeze(-1)  # (batch, 1)
         # Indexing (rows, :, positions) selects (batch, seq, heads, d_head): the indexed axes come first.
-        self.keys[rows, :, token_positions] = k.transpose(1, 2).to(self.keys.dtype)
-        self.values[rows, :, token_positions] = v.transpose(1, 2).to(self.values.dtype)
+        self.keys[rows, :, self.token_positions] = k.transpose(1, 2).to(self.keys.dtype)
+        self.values[rows, :, self.token_positions] = v.transpose(1, 2).to(self.values.dtype)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, token_positions: Tensor) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Store k, v, then attend from q to every cached key at or before each query's position.
 
-        q, k, v (batch, heads, seq, d_head); token_positions (batch, seq) -> (batch, heads, seq, d_head).
+        q, k, v (batch, heads, seq, d_head) -> (batch, heads, seq, d_head).
         """
-        self.store(k, v, token_positions)
-        key_positions = torch.arange(self.keys.shape[-2], device=q.device)  # (keys,)
-        visible = key_positions <= token_positions.unsqueeze(-1)  # (batch, seq, keys): causal, by position
-        return scaled_dot_product_attention(q, self.keys, self.values, visible.unsqueeze(1))  # same for all heads
+        self.store(k, v)
+        return scaled_dot_product_attention(q, self.keys, self.values, self.visible)
 
 
 class KVCache:
@@ -67,11 +68,17 @@ class KVCache:
         return cls(config.num_layers, batch_size, config.num_heads, config.context_length, config.d_head,
                    device=parameter.device, dtype=parameter.dtype)
 
-    def layers(self, length: int) -> list[LayerKVCache]:
-        """Per layer, a view of positions 0..length-1: attention then costs `length` keys, not the whole context."""
+    def layers(self, token_positions: Tensor) -> list[LayerKVCache]:
+        """Per layer, the view for a step whose tokens sit at token_positions (batch, seq).
+
+        The views end at the furthest position, so attention costs that many keys, not the whole context; the
+        mask is the same for every layer, so it is built here once per step.
+        """
+        length = int(token_positions.max()) + 1  # one host sync per step
         if not 0 < length <= self.context_length:
             raise ValueError(f"positions must lie in 0..{self.context_length - 1} (the context length), "
                              f"but this step reaches position {length - 1}")
-        return [LayerKVCache(keys[:, :, :length], values[:, :, :length])
+        key_positions = torch.arange(length, device=token_positions.device)  # (length,)
+        visible = (key_positions <= token_positions.unsqueeze(-1)).unsqueeze(1)  # (batch, 1, seq, length)
+        return [LayerKVCache(keys[:, :, :length], values[:, :, :length], token_positions, visible)
                 for keys, values in zip(self.keys, self.values)]
-

@@ -88,8 +88,7 @@ class TransformerLM(nn.Module):
         layer_caches: list = [None] * len(self.layers)
         if kv_cache is not None:
             token_positions = token_positions.expand(token_ids.shape)  # (batch, seq): the cache is per row
-            # One host sync per step: attention then reads only the cached positions up to the furthest one.
-            layer_caches = kv_cache.layers(int(token_positions.max()) + 1)
+            layer_caches = kv_cache.layers(token_positions)
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
         if self.absolute_positions is not None:
             x = self.absolute_positions(x, token_positions)
