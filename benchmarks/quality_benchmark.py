@@ -8,6 +8,7 @@ but these machines vary by a third from run to run: the token budget, not the cl
 
     uv run python benchmarks/quality_benchmark.py                      # both, about 30 minutes on 2 cores
     uv run python benchmarks/quality_benchmark.py --skip-reference     # ours only
+    uv run python benchmarks/quality_benchmark.py --keep runs/quality  # keep our run to sample from it
 
 Both sides report a per-token loss with a 10K byte-level BPE vocabulary trained on the same text; ours is exact over
 every token of valid.txt, the anchor's drops the last partial window (a few hundred of ~200K tokens).
@@ -40,9 +41,9 @@ def run_reference(train_text: Path, valid_text: Path) -> dict:
             "total_seconds": time.perf_counter() - started}
 
 
-def run_ours(train_text: Path, valid_text: Path, config: Path, overrides: list[str]) -> dict:
+def run_ours(train_text: Path, valid_text: Path, config: Path, overrides: list[str], keep: Path | None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
-        run_dir = Path(scratch) / "run"
+        run_dir = keep or Path(scratch) / "run"
         command = [sys.executable, "-m", "cs336_train", "pipeline", "--train-text", str(train_text),
                    "--valid-text", str(valid_text), "--config", str(config), "--out", str(run_dir)]
         for override in overrides:
@@ -64,6 +65,9 @@ def main():
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tinystories_cpu.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for our run")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="write our run here (tokenizer, tokens, checkpoints, samples) instead of a temporary "
+                             "directory, e.g. to sample from it afterwards")
     args = parser.parse_args()
     train_text, valid_text = DATA / "tinystories" / "train.txt", DATA / "tinystories" / "valid.txt"
 
@@ -71,7 +75,7 @@ def main():
     if not args.skip_reference:
         rows["reference (HF BPE + torch built-ins + torch AdamW)"] = run_reference(train_text, valid_text)
         print("reference done:", rows, flush=True)
-    ours = run_ours(train_text, valid_text, args.config, args.overrides)
+    ours = run_ours(train_text, valid_text, args.config, args.overrides, args.keep)
     rows["ours (cs336-train pipeline, " + args.config.name + ")"] = ours
     print(f"\n{'run':<55} {'tokens':>10} {'train s':>8} {'total s':>8} {'valid loss':>10}")
     for name, row in rows.items():
