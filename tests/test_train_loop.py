@@ -170,3 +170,20 @@ def test_wandb_logging_works_offline_without_an_account(token_files, tmp_path, m
     offline_runs = list((result.run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
     assert len(_records(result.run_dir, "train")) == 3  # the JSONL file is written as well
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_its_checkpoints_load_into_a_plain_model(token_files, tmp_path,
+                                                                                     monkeypatch):
+    eager = train(tiny_config(token_files, steps=4, checkpoint_interval=4), tmp_path / "eager")
+    real_compile, compiled_modules = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda module, **options: compiled_modules.append(module)
+                        or real_compile(module, **options))
+    compiled = train(tiny_config(token_files, steps=4, checkpoint_interval=4, compile=True), tmp_path / "compiled")
+    assert len(compiled_modules) == 1 and isinstance(compiled_modules[0], TransformerLM)
+    losses = [[r["loss"] for r in _records(result.run_dir, "train")] for result in (eager, compiled)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)  # compiled kernels may round differently
+    assert compiled.valid_loss == pytest.approx(eager.valid_loss, rel=1e-4)
+    # The checkpoint holds the model's own parameter names (no torch.compile "_orig_mod." prefix).
+    state = read_checkpoint(tmp_path / "compiled" / "checkpoints" / "step_00000004.pt")
+    TransformerLM(tiny_config(token_files).model).load_state_dict(state["model"])
