@@ -6,7 +6,7 @@ then our whole pipeline (our tokenizer, our model, our optimizer; default config
 on the same text with the same token budget, and print both validation losses. Wall-clock times are printed too,
 but these machines vary by a third from run to run: the token budget, not the clock, is what is held equal.
 
-    uv run python benchmarks/quality_benchmark.py                      # both, about 30 minutes on 2 cores
+    uv run python benchmarks/quality_benchmark.py                      # both, about 16 minutes on 2 idle cores
     uv run python benchmarks/quality_benchmark.py --skip-reference     # ours only
     uv run python benchmarks/quality_benchmark.py --keep runs/quality  # keep our run to sample from it
 
