@@ -35,6 +35,8 @@ import math
 import torch
 from torch import Tensor
 
+from cs336_nn.activations import LOG2_E
+
 # The work is cut into chunks of (batch, head) slices whose scores take about CHUNK_BYTES: small enough to stay
 # in the two cores' caches and to be reused by the allocator (a fresh large tensor costs page faults on every
 # step), large enough that the number of tensor operations, each with its own small fixed cost, stays low.
@@ -42,8 +44,6 @@ from torch import Tensor
 # quarter of the score matrix is skipped (more blocks skip more but cost more operations; 2 measured best here).
 CHUNK_BYTES = 2 * 2**20
 QUERY_BLOCKS = 2
-
-LOG2_E = math.log2(math.e)
 
 _future_masks: dict[tuple, Tensor] = {}
 

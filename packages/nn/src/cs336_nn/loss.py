@@ -12,20 +12,12 @@ import math
 import torch
 from torch import Tensor
 
-LOG2_E = math.log2(math.e)
+from cs336_nn.activations import exp_shifted
+
 # Rows are processed in chunks of about this many logits (4 MB in float32): each chunk's temporaries stay in
 # cache and are reused by the allocator, where one (positions, vocab) temporary would be fresh memory, with its
 # page faults, on every step.
 CHUNK_ELEMENTS = 2**20
-
-
-def _exp_shifted(logits: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
-    """exp(logits - shift), computed as 2^((logits - shift) log2 e).
-
-    The same number, but torch's float32 exp on a CPU takes a slow path (about 10-100x slower) wherever the result
-    underflows, and a confident model has many logits far below the maximum; exp2 does not.
-    """
-    return torch.sub(logits, shift, out=out).mul_(LOG2_E).exp2_()
 
 
 def _row_chunks(rows: int, row_length: int) -> list[slice]:
@@ -47,7 +39,7 @@ class _CrossEntropy(torch.autograd.Function):
         maximum = flat.amax(dim=-1, keepdim=True)  # (positions, 1)
         sums = torch.empty_like(maximum)
         for rows in _row_chunks(*flat.shape):
-            torch.sum(_exp_shifted(flat[rows], maximum[rows]), dim=-1, keepdim=True, out=sums[rows])
+            torch.sum(exp_shifted(flat[rows], maximum[rows]), dim=-1, keepdim=True, out=sums[rows])
         log_sum_exp = sums.log_().add_(maximum)  # (positions, 1)
         flat_targets = targets.reshape(-1, 1)
         ctx.save_for_backward(flat, flat_targets, log_sum_exp)
@@ -61,7 +53,7 @@ class _CrossEntropy(torch.autograd.Function):
         grad_logits = torch.empty_like(flat)
         for rows in _row_chunks(*flat.shape):
             # softmax(logits) * dloss, written chunk by chunk into the gradient
-            _exp_shifted(flat[rows], log_sum_exp[rows], out=grad_logits[rows]).mul_(grad_losses[rows])
+            exp_shifted(flat[rows], log_sum_exp[rows], out=grad_logits[rows]).mul_(grad_losses[rows])
         grad_logits.scatter_add_(-1, flat_targets, -grad_losses)  # - one_hot(target) * dloss
         return grad_logits.view(ctx.logits_shape), None
 
