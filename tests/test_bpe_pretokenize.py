@@ -6,9 +6,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cs336_bpe import BPEInputError
 from cs336_bpe.chunking import chunk_spans, read_span
 from cs336_bpe.counting import count_file_pretokens
-from cs336_bpe.pretokenize import count_pretokens, pretokenize, special_tokens_pattern
+from cs336_bpe.pretokenize import (
+    FRAGMENT_BOUNDARY_RE,
+    PRETOKEN_ASCII_RE,
+    PRETOKEN_RE,
+    count_pretokens,
+    pretokenize,
+    special_tokens_pattern,
+    split_fragments,
+    unmark_spaces,
+)
 
 SPECIALS = ["<|endoftext|>", "<|endoftext|><|endoftext|>", "<s>"]
 # Characters chosen to hit every branch of the regex and every whitespace subtlety.
@@ -35,6 +45,32 @@ def test_fragment_counting_equals_regex_on_tricky_text(text):
 @given(st.text(max_size=80))
 def test_fragment_counting_equals_regex_on_any_unicode(text):
     assert count_pretokens(text) == Counter(pretokenize(text))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(TRICKY, st.text(max_size=80)))
+def test_split_fragments_cuts_exactly_where_the_boundary_regex_does(text):
+    # str.split after hiding the other spaces must equal re.split at " (?=\S)", marker undone.
+    assert [unmark_spaces(fragment) for fragment in split_fragments(text)] == FRAGMENT_BOUNDARY_RE.split(text)
+
+
+def test_split_fragments_rejects_the_space_marker():
+    with pytest.raises(BPEInputError, match="U\\+D800 at index 2"):
+        split_fragments("a \ud800 b")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_ascii_pattern_equals_gpt2_pattern_on_ascii_text(text):
+    assert PRETOKEN_ASCII_RE.findall(text) == PRETOKEN_RE.findall(text)
+
+
+def test_ascii_pattern_equals_gpt2_pattern_on_every_ascii_triple():
+    # A deterministic sweep: every ASCII character before every other, then one of each class.
+    characters = [chr(code) for code in range(128)]
+    for first in characters:
+        text = "".join(first + second + third for second in characters for third in "a1 \n'!")
+        assert PRETOKEN_ASCII_RE.findall(text) == PRETOKEN_RE.findall(text), repr(first)
 
 
 @pytest.mark.parametrize("relative", ["tinystories/valid.txt", "owt/owt_valid_sample.txt"])

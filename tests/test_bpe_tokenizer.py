@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cs336_bpe import BPEInputError, Tokenizer, train_bpe
+from cs336_bpe import BPEInputError, Tokenizer, pretokenize, train_bpe
+from cs336_bpe import tokenizer as tokenizer_module
 
 FIXTURE_TEXTS = ["corpus.en", "tinystories_sample.txt", "address.txt", "german.txt",
                  "special_token_trailing_newlines.txt", "special_token_double_newlines_non_whitespace.txt"]
@@ -17,6 +18,49 @@ DATA_TEXTS = ["tinystories/valid.txt", "tinystories/train.txt", "owt/owt_valid_s
 def small_tokenizer(fixtures_dir):
     vocab, merges = train_bpe(fixtures_dir / "corpus.en", 500, ["<|endoftext|>"])
     return Tokenizer(vocab, merges, ["<|endoftext|>", "<|endoftext|><|endoftext|>"])
+
+
+def gpt2_reference_bpe(word: bytes, merges: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """OpenAI's original GPT-2 ``bpe()`` (encoder.py), on bytes: merge the lowest-ranked pair everywhere, repeat."""
+    ranks = {pair: rank for rank, pair in reversed(list(enumerate(merges)))}
+    parts = [bytes([b]) for b in word]
+    while len(parts) > 1:
+        pair = min(zip(parts, parts[1:]), key=lambda p: ranks.get(p, float("inf")))
+        if pair not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(parts):
+            if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
+                merged.append(pair[0] + pair[1])
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        parts = merged
+    return parts
+
+
+# Overlapping and chained merges: "aaaa" must become aa|aa (left to right), "aaa" aa|a, then "aaa" + "a" etc.
+OVERLAP_MERGES = [(b"a", b"a"), (b"aa", b"a"), (b"b", b"a"), (b"aa", b"aa"), (b"a", b"b"), (b"ba", b"aa"),
+                  (b"aaa", b"a"), (b" ", b"a"), (b"ab", b"a"), (b" a", b"aa")]
+
+
+@pytest.mark.parametrize("merges_source", ["overlapping", "corpus.en"])
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(st.text(alphabet="aab", min_size=1, max_size=12), min_size=1, max_size=8),
+       english=st.text(alphabet="etaoinshrdlu ", max_size=60))
+def test_merge_loop_matches_gpt2_reference_bpe(small_tokenizer, merges_source, words, english):
+    if merges_source == "overlapping":
+        vocab = {i: bytes([i]) for i in range(256)}
+        for left, right in OVERLAP_MERGES:
+            if left + right not in vocab.values():
+                vocab[len(vocab)] = left + right
+        tokenizer, text = Tokenizer(vocab, OVERLAP_MERGES), " ".join(words)
+    else:
+        tokenizer, text = small_tokenizer, english
+    expected = [tokenizer.token_to_id[part] for pretoken in pretokenize(text)
+                for part in gpt2_reference_bpe(pretoken.encode("utf-8"), tokenizer.merges)]
+    assert tokenizer.encode(text) == expected
 
 
 @pytest.mark.parametrize("name", FIXTURE_TEXTS)
@@ -110,6 +154,28 @@ def test_random_character_chunking_of_real_text(fixtures_dir, gpt2_tokenizer):
     cuts = sorted(rng.sample(range(len(text)), 300))
     pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
     assert list(gpt2_tokenizer.encode_iterable(pieces)) == gpt2_tokenizer.encode(text)
+
+
+def test_encode_array_holds_the_same_ids_in_the_narrowest_type(small_tokenizer):
+    text = "Hello<|endoftext|> world"
+    assert small_tokenizer.id_typecode == "H"  # 2 bytes an id: the vocabulary has 502 ids
+    assert small_tokenizer.encode_array(text).tolist() == small_tokenizer.encode(text)
+    large = Tokenizer({b: bytes([b]) for b in range(256)} | {70000: b"<unused>"}, [], ["<|endoftext|>"])
+    ids = large.encode_array("hi<|endoftext|>")
+    assert ids.itemsize == 4 and ids.tolist() == [104, 105, 70001]
+
+
+def test_fragment_batches_do_not_change_ids(fixtures_dir, gpt2_tokenizer, tiktoken_gpt2, monkeypatch):
+    # Fragments are joined JOIN_BATCH at a time; tiny batches put many batch edges in one text.
+    monkeypatch.setattr(tokenizer_module, "JOIN_BATCH", 3)
+    text = (fixtures_dir / "tinystories_sample.txt").read_text(encoding="utf-8")
+    fresh = Tokenizer(gpt2_tokenizer.vocab, gpt2_tokenizer.merges, ["<|endoftext|>"])
+    assert fresh.encode(text) == tiktoken_gpt2.encode(text, allowed_special={"<|endoftext|>"})
+
+
+def test_lone_surrogate_is_a_clear_error(small_tokenizer):
+    with pytest.raises(BPEInputError, match="lone surrogate"):
+        small_tokenizer.encode("a \ud800 b")
 
 
 def test_decode_replaces_malformed_utf8(small_tokenizer):

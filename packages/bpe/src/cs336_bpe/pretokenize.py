@@ -29,6 +29,11 @@ Splitting at those spaces and re-attaching the space to the fragment after it th
 same pre-tokens as running the regex over the whole text. The tests check this against plain ``findall`` on
 real corpora and on random Unicode strings. (Python's ``\\S`` treats U+001C..U+001F as whitespace where the
 ``regex`` module does not; that only means fewer cuts, which is always safe.)
+
+The cut itself is a plain ``str.split(" ")``, about twice as fast as ``re.split``: first every space that is
+*not* a boundary (one followed by whitespace or by the end of the text) is swapped for `SPACE_MARKER`, so that
+only boundary spaces are left to split at. `unmark_spaces` puts them back. The marker is U+D800, a lone
+surrogate: no text decoded from UTF-8 can contain it, and text that does could not be encoded anyway.
 """
 
 import re
@@ -36,11 +41,20 @@ from collections import Counter
 
 import regex
 
+from cs336_bpe.errors import BPEInputError
+
 GPT2_PRETOKEN_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 PRETOKEN_RE = regex.compile(GPT2_PRETOKEN_PATTERN)
+# The same pattern for ASCII-only text, in Python's `re`, whose calls cost about half as much as `regex`'s. On
+# ASCII the classes agree: \p{L} is [A-Za-z], \p{N} is [0-9], and both modules' \s is [\t\n\v\f\r ].
+GPT2_PRETOKEN_PATTERN_ASCII = r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+"""
+PRETOKEN_ASCII_RE = re.compile(GPT2_PRETOKEN_PATTERN_ASCII, re.ASCII)
 
 # A space followed by non-whitespace; the space itself belongs to the fragment on its right.
 FRAGMENT_BOUNDARY_RE = re.compile(r" (?=\S)")
+# Every other space; split_fragments hides these behind SPACE_MARKER.
+_NON_BOUNDARY_SPACE_RE = re.compile(r" (?!\S)")
+SPACE_MARKER = "\ud800"
 
 
 def special_tokens_pattern(special_tokens: list[str], capture: bool = False) -> re.Pattern[str] | None:
@@ -61,12 +75,23 @@ def pretokenize(text: str) -> list[str]:
 
 
 def split_fragments(text: str) -> list[str]:
-    """Cut `text` at fragment boundaries. Every fragment but the first lost its leading space to the split.
+    """Cut `text` at fragment boundaries. Every fragment but the first lost its leading space to the split, and
+    the spaces left inside a fragment read `SPACE_MARKER` (`unmark_spaces` restores them).
 
-    >>> split_fragments("Once upon  a time\\n the end")
+    >>> [unmark_spaces(fragment) for fragment in split_fragments("Once upon  a time\\n the end")]
     ['Once', 'upon ', 'a', 'time\\n', 'the', 'end']
     """
-    return FRAGMENT_BOUNDARY_RE.split(text)
+    if SPACE_MARKER in text:
+        raise BPEInputError(
+            f"text contains the lone surrogate U+D800 at index {text.index(SPACE_MARKER)}; it has no UTF-8 "
+            "encoding, so it cannot be tokenized (was the text decoded with errors='surrogatepass'?)"
+        )
+    return _NON_BOUNDARY_SPACE_RE.sub(SPACE_MARKER, text).split(" ")
+
+
+def unmark_spaces(fragment: str) -> str:
+    """A fragment from `split_fragments` as it appeared in the text (without the boundary space before it)."""
+    return fragment.replace(SPACE_MARKER, " ")
 
 
 def count_pretokens(text: str, special_re: re.Pattern[str] | None = None) -> Counter[str]:
@@ -88,9 +113,9 @@ def count_pretokens(text: str, special_re: re.Pattern[str] | None = None) -> Cou
 
     pretoken_counts: Counter[str] = Counter()
     for fragment, count in first_fragments.items():
-        for pretoken in PRETOKEN_RE.findall(fragment):
+        for pretoken in PRETOKEN_RE.findall(unmark_spaces(fragment)):
             pretoken_counts[pretoken] += count
     for fragment, count in spaced_fragments.items():
-        for pretoken in PRETOKEN_RE.findall(" " + fragment):
+        for pretoken in PRETOKEN_RE.findall(" " + unmark_spaces(fragment)):
             pretoken_counts[pretoken] += count
     return pretoken_counts
