@@ -29,14 +29,13 @@ def test_dtype_depends_on_vocab_size():
 
 
 def test_large_vocab_uses_uint32(tmp_path):
-    vocab = {b: bytes([b]) for b in range(256)}
-    tokenizer = Tokenizer(vocab, [], ["<|endoftext|>"])
-    tokenizer.vocab[70000] = b"<unused>"  # simulate a vocabulary past 65,536 ids
+    vocab = {b: bytes([b]) for b in range(256)} | {70000: b"<unused>"}  # a vocabulary past 65,536 ids
+    tokenizer = Tokenizer(vocab, [], ["<|endoftext|>"])  # the special token gets id 70001
     source = tmp_path / "a.txt"
     source.write_text("hi<|endoftext|>", encoding="utf-8")
     metadata = encode_file(tokenizer, source, tmp_path / "a.bin")
     assert metadata["dtype"] == "uint32"
-    assert open_token_file(tmp_path / "a.bin").tolist() == [104, 105, 256]
+    assert open_token_file(tmp_path / "a.bin").tolist() == [104, 105, 70001]
 
 
 def test_interrupted_encode_leaves_no_output(tmp_path, fixtures_dir, gpt2_tokenizer):

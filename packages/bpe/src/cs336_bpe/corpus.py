@@ -13,6 +13,7 @@ and written in order, so memory stays bounded by a few chunks whatever the file 
 temporary name and is renamed only when complete: an interrupted run leaves no partial ``.bin`` behind.
 """
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -49,25 +50,25 @@ def _init_worker(tokenizer: Tokenizer) -> None:
 
 def _encode_span(job: tuple[str, int, int, str]) -> np.ndarray:
     path, start, end, dtype = job
-    return np.array(_worker_tokenizer.encode(read_span(path, start, end)), dtype=dtype)
+    ids = _worker_tokenizer.encode_array(read_span(path, start, end))
+    # The array holds machine integers; the file is little-endian whatever machine wrote it.
+    return np.frombuffer(ids, dtype=ids.typecode).astype(dtype, copy=False)
 
 
-def _encoded_chunks(tokenizer: Tokenizer, jobs: list, num_workers: int) -> Iterator[np.ndarray]:
-    """The token ids of each job's span, in file order."""
+@contextlib.contextmanager
+def _encoded_chunks(tokenizer: Tokenizer, jobs: list, num_workers: int) -> Iterator[Iterator[np.ndarray]]:
+    """An iterator over the token ids of each job's span, in file order; worker processes run ahead of it."""
     _init_worker(tokenizer)
     if num_workers == 1 or len(jobs) == 1:
-        yield from map(_encode_span, jobs)
+        yield map(_encode_span, jobs)
         return
-    if "fork" not in multiprocessing.get_all_start_methods():
-        with multiprocessing.get_context().Pool(num_workers, _init_worker, (tokenizer,)) as pool:
-            yield from pool.imap(_encode_span, jobs)
-        return
-    # Encode the first chunk here, then fork: the workers inherit the tokenizer with its caches already
-    # holding the common words, so nothing is pickled and the cache warm-up is not repeated per worker.
-    yield _encode_span(jobs[0])
-    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
-        # imap returns the chunks in file order while the workers run ahead.
-        yield from pool.imap(_encode_span, jobs[1:])
+    if "fork" in multiprocessing.get_all_start_methods():
+        # Forked workers inherit the tokenizer as it is: nothing is pickled, nothing rebuilt.
+        pool = multiprocessing.get_context("fork").Pool(num_workers)
+    else:
+        pool = multiprocessing.get_context().Pool(num_workers, _init_worker, (tokenizer,))
+    with pool:
+        yield pool.imap(_encode_span, jobs)
 
 
 def encode_file(
@@ -92,8 +93,9 @@ def encode_file(
             for start, end in chunk_spans(input_path, chunk_bytes, tokenizer.special_tokens)]
 
     num_tokens, bytes_done = 0, 0
-    with atomic_write(output_path, "wb") as handle:
-        for job, token_ids in zip(jobs, _encoded_chunks(tokenizer, jobs, num_workers), strict=True):
+    with _encoded_chunks(tokenizer, jobs, num_workers) as chunks, atomic_write(output_path, "wb") as handle:
+        fingerprint = tokenizer.fingerprint()  # computed here, while the workers are already encoding
+        for job, token_ids in zip(jobs, chunks, strict=True):
             handle.write(token_ids.tobytes())
             num_tokens += len(token_ids)
             bytes_done += job[2] - job[1]
@@ -105,7 +107,7 @@ def encode_file(
         "dtype": dtype.name,
         "num_tokens": num_tokens,
         "vocab_size": tokenizer.vocab_size,
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "tokenizer_fingerprint": fingerprint,
         "special_tokens": tokenizer.special_tokens,
         "source": os.path.abspath(input_path),
         "source_bytes": file_size,
