@@ -43,7 +43,6 @@ VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "spec
 # Caches are cleared when they reach this many entries, bounding memory on endless streams of new words.
 CACHE_MAX_ENTRIES = 1 << 20
 JOIN_BATCH = 1 << 12
-_NO_MERGE = 1 << 62  # the "rank" of a pair that is not a merge: larger than any real rank
 
 
 def id_typecode(vocab_size: int) -> str:
@@ -110,20 +109,23 @@ class Tokenizer:
             )
         self._byte_ids = [self.token_to_id[bytes([byte])] for byte in range(256)]
 
-        # (left id, right id) -> rank (lower = learned earlier = applied first), and rank -> merged id.
-        self._merge_rank: dict[tuple[int, int], int] = {}
-        self._merged_id: dict[int, int] = {}
+        # The merge table: (left id, right id) -> (rank, merged id), lower rank = learned earlier = applied first.
+        # Both sides are packed into one int each, ``left << id_bits | right`` and ``rank << id_bits | merged``:
+        # a lookup is one dict access, and the packed values compare by rank first, so `min` finds the earliest
+        # merge. (It also keeps the table compact: forked workers copy fewer memory pages of it.)
+        self._id_bits = max(self.vocab).bit_length()
+        self._merge_table: dict[int, int] = {}
         for rank, (left, right) in enumerate(self.merges):
             try:
-                pair = (self.token_to_id[left], self.token_to_id[right])
+                pair = self.token_to_id[left] << self._id_bits | self.token_to_id[right]
                 merged = self.token_to_id[left + right]
             except KeyError as error:
                 raise BPEInputError(
                     f"merge #{rank} {left!r} + {right!r} uses {error.args[0]!r}, which is not in the vocabulary"
                 ) from None
-            if pair not in self._merge_rank:  # a repeated merge can never apply: the first one already did
-                self._merge_rank[pair] = rank
-                self._merged_id[rank] = merged
+            if pair not in self._merge_table:  # a repeated merge can never apply: the first one already did
+                self._merge_table[pair] = rank << self._id_bits | merged
+        self._no_merge = len(self.merges) << self._id_bits  # larger than any packed table value
 
         self._special_split_re = special_tokens_pattern(self.special_tokens, capture=True)
         self._max_special_length = max(map(len, self.special_tokens), default=0)
@@ -204,28 +206,28 @@ class Tokenizer:
     def _bpe(self, token_bytes: bytes) -> list[int]:
         """Apply the merges to one pre-token's bytes, earliest-learned merge first.
 
-        ``ranks[i]`` is the merge rank of the pair ``(ids[i], ids[i + 1])`` (_NO_MERGE if it is not a merge).
+        ``merges[i]`` is the packed (rank, merged id) of the pair ``(ids[i], ids[i + 1])``, or ``no_merge``.
         Each step takes the lowest rank and merges every occurrence of that pair, left to right, as GPT-2's
-        reference ``bpe()`` does. A merge only changes the ranks of the two pairs beside it, so those are the
-        only lookups it makes; everything else (`min`, `index`, `in`) runs in C over a short list.
+        reference ``bpe()`` does. A merge only changes the two pairs beside it, so those are the only lookups
+        it makes; everything else (`min`, `index`, `in`) runs in C over a short list.
         """
         ids = [self._byte_ids[byte] for byte in token_bytes]
-        rank_of = self._merge_rank.get
-        ranks = [rank_of(pair, _NO_MERGE) for pair in zip(ids, ids[1:])]
-        while ranks:
-            best = min(ranks)
-            if best == _NO_MERGE:
+        bits, no_merge, lookup = self._id_bits, self._no_merge, self._merge_table.get
+        merges = [lookup(left << bits | right, no_merge) for left, right in zip(ids, ids[1:])]
+        while merges:
+            best = min(merges)
+            if best == no_merge:
                 break
-            merged = self._merged_id[best]
-            # Later occurrences of the pair keep their rank; the two new neighbour pairs never equal it.
-            while best in ranks:
-                i = ranks.index(best)
+            merged = best & ((1 << bits) - 1)
+            # Later occurrences of the pair keep their value; the two new neighbour pairs never equal it.
+            while best in merges:
+                i = merges.index(best)
                 ids[i] = merged
-                del ids[i + 1], ranks[i]
+                del ids[i + 1], merges[i]
                 if i > 0:
-                    ranks[i - 1] = rank_of((ids[i - 1], merged), _NO_MERGE)
-                if i < len(ranks):
-                    ranks[i] = rank_of((merged, ids[i + 1]), _NO_MERGE)
+                    merges[i - 1] = lookup(ids[i - 1] << bits | merged, no_merge)
+                if i < len(merges):
+                    merges[i] = lookup(merged << bits | ids[i + 1], no_merge)
         return ids
 
     def _encode_pretoken(self, pretoken: str) -> bytes:
