@@ -16,6 +16,7 @@ from cs336_bpe.pretokenize import (
     count_pretokens,
     pretokenize,
     special_tokens_pattern,
+    split_blocks,
     split_fragments,
     unmark_spaces,
 )
@@ -52,6 +53,16 @@ def test_fragment_counting_equals_regex_on_any_unicode(text):
 def test_split_fragments_cuts_exactly_where_the_boundary_regex_does(text):
     # str.split after hiding the other spaces must equal re.split at " (?=\S)", marker undone.
     assert [unmark_spaces(fragment) for fragment in split_fragments(text)] == FRAGMENT_BOUNDARY_RE.split(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(TRICKY, st.text(max_size=80)), st.integers(min_value=0, max_value=20))
+def test_blocks_cover_the_text_and_cut_only_at_fragment_boundaries(text, block_chars):
+    blocks = list(split_blocks(text, block_chars))
+    assert "".join(blocks) == text
+    assert all(len(block) >= block_chars for block in blocks[:-1])
+    pretokens_by_block = [token for block in blocks for token in pretokenize(block)]
+    assert pretokens_by_block == pretokenize(text)
 
 
 def test_split_fragments_rejects_the_space_marker():

@@ -165,9 +165,9 @@ def test_encode_array_holds_the_same_ids_in_the_narrowest_type(small_tokenizer):
     assert ids.itemsize == 4 and ids.tolist() == [104, 105, 70001]
 
 
-def test_fragment_batches_do_not_change_ids(fixtures_dir, gpt2_tokenizer, tiktoken_gpt2, monkeypatch):
-    # Fragments are joined JOIN_BATCH at a time; tiny batches put many batch edges in one text.
-    monkeypatch.setattr(tokenizer_module, "JOIN_BATCH", 3)
+def test_blocks_do_not_change_ids(fixtures_dir, gpt2_tokenizer, tiktoken_gpt2, monkeypatch):
+    # Long texts are encoded BLOCK_CHARS at a time; tiny blocks put many block edges in one text.
+    monkeypatch.setattr(tokenizer_module, "BLOCK_CHARS", 5)
     text = (fixtures_dir / "tinystories_sample.txt").read_text(encoding="utf-8")
     fresh = Tokenizer(gpt2_tokenizer.vocab, gpt2_tokenizer.merges, ["<|endoftext|>"])
     assert fresh.encode(text) == tiktoken_gpt2.encode(text, allowed_special={"<|endoftext|>"})

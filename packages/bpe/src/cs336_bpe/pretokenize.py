@@ -38,6 +38,7 @@ surrogate: no text decoded from UTF-8 can contain it, and text that does could n
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 
 import regex
 
@@ -87,6 +88,23 @@ def split_fragments(text: str) -> list[str]:
             "encoding, so it cannot be tokenized (was the text decoded with errors='surrogatepass'?)"
         )
     return _NON_BOUNDARY_SPACE_RE.sub(SPACE_MARKER, text).split(" ")
+
+
+def split_blocks(text: str, block_chars: int) -> Iterator[str]:
+    """Cut `text` at fragment boundaries into blocks of about `block_chars` characters (at least that many,
+    except the last), which pre-tokenize independently. Every block but the first starts with its boundary space.
+
+    >>> list(split_blocks("Once upon a time", 4))
+    ['Once', ' upon', ' a time']
+    """
+    start = 0
+    while len(text) - start > block_chars:
+        boundary = FRAGMENT_BOUNDARY_RE.search(text, start + max(block_chars, 1))  # always after `start`
+        if boundary is None:
+            break
+        yield text[start:boundary.start()]
+        start = boundary.start()
+    yield text[start:]
 
 
 def unmark_spaces(fragment: str) -> str:
