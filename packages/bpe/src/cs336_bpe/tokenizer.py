@@ -22,7 +22,6 @@ import json
 import os
 from array import array
 from collections.abc import Iterable, Iterator
-from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -52,18 +51,43 @@ def id_typecode(vocab_size: int) -> str:
     return next(code for code in "HIL" if array(code).itemsize * 8 >= bits)
 
 
-class _Cache(dict):
-    """key -> encode(key), computed on first use. Cleared when full, bounding memory on endless new text."""
+class _PretokenCache(dict):
+    """pre-token -> its token ids, packed; a miss runs BPE on the pre-token's bytes."""
 
-    def __init__(self, encode):
+    def __init__(self, bpe, id_typecode: str):
         super().__init__()
-        self.encode = encode
+        self.bpe, self.id_typecode = bpe, id_typecode
 
-    def __missing__(self, key: str) -> bytes:
+    def __missing__(self, pretoken: str) -> bytes:
+        if len(self) >= CACHE_MAX_ENTRIES:  # bounds memory on endless streams of new words
+            self.clear()
+        packed = self[pretoken] = array(self.id_typecode, self.bpe(pretoken.encode("utf-8"))).tobytes()
+        return packed
+
+
+class _FragmentCache(dict):
+    """fragment (from `split_fragments`) -> the packed ids of ``prefix + fragment``; a miss pre-tokenizes it.
+
+    One instance holds a text's first fragments (prefix ""), another all the others, which lost their leading
+    space to the cut (prefix " "). Both look their pre-tokens up in the same `_PretokenCache`.
+    """
+
+    def __init__(self, pretokens: _PretokenCache, prefix: str):
+        super().__init__()
+        self.pretokens, self.prefix = pretokens, prefix
+
+    def __missing__(self, fragment: str) -> bytes:
         if len(self) >= CACHE_MAX_ENTRIES:
             self.clear()
-        value = self[key] = self.encode(key)
-        return value
+        text = self.prefix + unmark_spaces(fragment)
+        if not text.isascii():
+            packed = b"".join(map(self.pretokens.__getitem__, PRETOKEN_RE.findall(text)))
+        elif fragment.isalpha():  # an ASCII word, with its space: one pre-token, no regex needed
+            packed = self.pretokens[text]
+        else:
+            packed = b"".join(map(self.pretokens.__getitem__, PRETOKEN_ASCII_RE.findall(text)))
+        self[fragment] = packed
+        return packed
 
 
 class Tokenizer:
@@ -135,10 +159,9 @@ class Tokenizer:
         self._special_token_packed = {token: array(self.id_typecode, [token_id]).tobytes()
                                       for token, token_id in self.special_token_ids.items()}
         self._fingerprint: str | None = None
-        self._pretoken_cache = _Cache(self._encode_pretoken)
-        # Fragments from split_fragments: a text's first one, and all the others, which lost a space to the cut.
-        self._leading_cache = _Cache(partial(self._encode_fragment, ""))
-        self._spaced_cache = _Cache(partial(self._encode_fragment, " "))
+        self._pretoken_cache = _PretokenCache(self._bpe, self.id_typecode)
+        self._leading_cache = _FragmentCache(self._pretoken_cache, prefix="")
+        self._spaced_cache = _FragmentCache(self._pretoken_cache, prefix=" ")
 
     # ----------------------------------------------------------------------------------------- loading/saving
     @classmethod
@@ -230,20 +253,6 @@ class Tokenizer:
                 if i < len(merges):
                     merges[i] = lookup(merged << bits | ids[i + 1], no_merge)
         return ids
-
-    def _encode_pretoken(self, pretoken: str) -> bytes:
-        return array(self.id_typecode, self._bpe(pretoken.encode("utf-8"))).tobytes()
-
-    def _encode_fragment(self, prefix: str, fragment: str) -> bytes:
-        """Packed ids of ``prefix + fragment`` (marked spaces restored): pre-tokenize, then encode each pre-token."""
-        text = prefix + unmark_spaces(fragment)
-        if text.isascii():  # then `fragment` has no marked spaces either: the marker is not ASCII
-            if fragment.isalpha():
-                return self._pretoken_cache[text]  # a word, with its space: a single pre-token
-            pretokens = PRETOKEN_ASCII_RE.findall(text)
-        else:
-            pretokens = PRETOKEN_RE.findall(text)
-        return b"".join(map(self._pretoken_cache.__getitem__, pretokens))
 
     def _encode_packed(self, text: str) -> list[bytes]:
         """The packed ids of `text`, in pieces: one per special token and one per block of ordinary text."""
