@@ -1,11 +1,12 @@
 """Whole-file encoding: same ids as `encode`, correct metadata, nothing half-written on failure."""
 
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
 
-from cs336_bpe import BPEInputError, Tokenizer
+from cs336_bpe import BPEInputError, Tokenizer, corpus
 from cs336_bpe.corpus import encode_file, open_token_file, token_dtype
 
 
@@ -22,6 +23,20 @@ def test_encoded_file_equals_encode(tmp_path, data_dir, gpt2_tokenizer, num_work
     assert metadata["num_tokens"] == len(tokens) and metadata["vocab_size"] == 50257
     saved = json.loads((tmp_path / "out.bin.json").read_text())
     assert saved == metadata
+
+
+@pytest.mark.slow
+def test_encoded_file_without_fork(tmp_path, data_dir, gpt2_tokenizer, monkeypatch):
+    # Where fork is unavailable (macOS and Windows default to spawn), the workers receive the tokenizer pickled.
+    spawn = multiprocessing.get_context("spawn")
+    monkeypatch.setattr(corpus.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(corpus.multiprocessing, "get_context", lambda method=None: spawn)
+    text = (data_dir / "owt" / "owt_valid_sample.txt").read_text(encoding="utf-8") * 8
+    source = tmp_path / "big.txt"
+    source.write_text(text, encoding="utf-8")
+    metadata = encode_file(gpt2_tokenizer, source, tmp_path / "out.bin", num_workers=2)
+    assert open_token_file(tmp_path / "out.bin").tolist() == gpt2_tokenizer.encode(text)
+    assert metadata["tokenizer_fingerprint"] == gpt2_tokenizer.fingerprint()
 
 
 def test_dtype_depends_on_vocab_size():
