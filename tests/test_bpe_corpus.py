@@ -41,6 +41,9 @@ def test_encoded_file_without_fork(tmp_path, data_dir, gpt2_tokenizer, monkeypat
 
 def test_dtype_depends_on_vocab_size():
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+    assert token_dtype(1 << 32) == np.uint32
+    with pytest.raises(BPEInputError, match="cannot hold"):
+        token_dtype((1 << 32) + 1)
 
 
 def test_large_vocab_uses_uint32(tmp_path):

@@ -163,6 +163,8 @@ def test_encode_array_holds_the_same_ids_in_the_narrowest_type(small_tokenizer):
     large = Tokenizer({b: bytes([b]) for b in range(256)} | {70000: b"<unused>"}, [], ["<|endoftext|>"])
     ids = large.encode_array("hi<|endoftext|>")
     assert ids.itemsize == 4 and ids.tolist() == [104, 105, 70001]
+    huge = Tokenizer({b: bytes([b]) for b in range(256)} | {1 << 40: b"<unused>"}, [], ["<|endoftext|>"])
+    assert huge.encode("hi<|endoftext|>") == [104, 105, (1 << 40) + 1]  # sparse ids: 8 bytes each
 
 
 def test_blocks_do_not_change_ids(fixtures_dir, gpt2_tokenizer, tiktoken_gpt2, monkeypatch):

@@ -36,6 +36,11 @@ _worker_tokenizer: Tokenizer | None = None
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned integer type that holds every id: uint16 up to 65,536 tokens, else uint32."""
+    if vocab_size > 1 << 32:
+        raise BPEInputError(
+            f"the tokenizer's largest id is {vocab_size - 1:,}, which a uint32 token file cannot hold; "
+            "renumber the vocabulary with ids below 4,294,967,296"
+        )
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 

@@ -47,8 +47,8 @@ BLOCK_CHARS = 1 << 13  # ordinary text is encoded in blocks of about this many c
 
 def id_typecode(vocab_size: int) -> str:
     """The `array` typecode of the smallest unsigned integer that holds every id: 16 bits up to 65,536 tokens."""
-    bits = 16 if vocab_size <= 1 << 16 else 32
-    return next(code for code in "HIL" if array(code).itemsize * 8 >= bits)
+    bits = next(bits for bits in (16, 32, 64) if vocab_size <= 1 << bits)
+    return next(code for code in "HILQ" if array(code).itemsize * 8 >= bits)
 
 
 class _PretokenCache(dict):
