@@ -1,5 +1,6 @@
 """The fragment shortcut must give exactly GPT-2's regex pre-tokens; chunking must not change results."""
 
+import re
 from collections import Counter
 
 import pytest
@@ -105,10 +106,22 @@ def test_chunks_cover_file_and_do_not_change_counts(tmp_path_factory, text, chun
     spans = chunk_spans(path, chunk_bytes, SPECIALS)
     assert spans[0][0] == 0 and spans[-1][1] == len(text.encode("utf-8"))
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert len(spans) <= -(-len(text.encode("utf-8")) // chunk_bytes)  # never more chunks than asked for
     pieces = [read_span(path, start, end) for start, end in spans]
     assert "".join(pieces) == text
     pattern = special_tokens_pattern(SPECIALS)
     assert sum((count_pretokens(piece, pattern) for piece in pieces), Counter()) == reference_counts(text, SPECIALS)
+
+
+def test_chunk_boundaries_are_the_first_safe_places_after_multiples_of_the_chunk_size(tmp_path):
+    # Targets are measured from the file's start, not from the previous boundary: the small overshoot of each
+    # boundary does not add up, and the file gets as many chunks as asked for.
+    text = "abcdef " * 300 + "end"
+    path = tmp_path / "text.txt"
+    path.write_text(text, encoding="utf-8")
+    safe_places = [match.start() for match in re.finditer(r" (?=\S)", text)]
+    expected = [0] + [next(place for place in safe_places if place >= target) for target in range(100, 2100, 100)]
+    assert [start for start, _ in chunk_spans(path, 100, [])] == expected
 
 
 def test_chunks_start_at_special_tokens(tmp_path):

@@ -94,10 +94,13 @@ def chunk_spans(
     file_size = os.path.getsize(path)
     special_re = _special_tokens_bytes_re(special_tokens)
     max_special = max((len(token.encode("utf-8")) for token in special_tokens), default=0)
+    desired_chunk_bytes = max(1, desired_chunk_bytes)
     boundaries = [0]
     with open(path, "rb") as handle:
         while boundaries[-1] < file_size:
-            target = boundaries[-1] + max(1, desired_chunk_bytes)
+            # Targets are multiples of the chunk size, not offsets from the last boundary: the small overshoot
+            # of each boundary does not add up into one extra, tiny chunk at the end.
+            target = max(len(boundaries) * desired_chunk_bytes, boundaries[-1] + 1)
             if target >= file_size:
                 boundaries.append(file_size)
                 break

@@ -41,7 +41,7 @@ def count_file_pretokens(
     if file_size < PARALLEL_MIN_BYTES:
         num_workers = 1
     # About four chunks per worker keeps both workers busy until the end.
-    chunk_bytes = min(MAX_CHUNK_BYTES, max(1, file_size // (4 * num_workers)))
+    chunk_bytes = min(MAX_CHUNK_BYTES, -(-file_size // (4 * num_workers)))  # rounded up: 4 chunks, not 5
     jobs = [(path, start, end, special_tokens) for start, end in chunk_spans(path, chunk_bytes, special_tokens)]
 
     totals: Counter[str] = Counter()
