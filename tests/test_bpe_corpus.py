@@ -2,35 +2,112 @@
 
 import json
 import multiprocessing
+import os
+import time
 
 import numpy as np
 import pytest
 
-from cs336_bpe import BPEInputError, Tokenizer, corpus
+from cs336_bpe import BPEInputError, Tokenizer, chunk_workers, corpus
+from cs336_bpe.chunk_workers import claim_chunks
 from cs336_bpe.corpus import encode_file, open_token_file, token_dtype
 
 
-@pytest.mark.parametrize("num_workers", [1, 2])
-def test_encoded_file_equals_encode(tmp_path, data_dir, gpt2_tokenizer, num_workers):
-    source = data_dir / "owt" / "owt_valid_sample.txt"
-    text = source.read_text(encoding="utf-8")
+@pytest.fixture(scope="module")
+def owt_text(data_dir) -> str:
+    return (data_dir / "owt" / "owt_valid_sample.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("num_workers", [1, 2, 3])
+def test_encoded_file_equals_encode(tmp_path, owt_text, gpt2_tokenizer, num_workers):
     big = tmp_path / "big.txt"
-    big.write_text(text * 8, encoding="utf-8")  # over the parallel threshold: real workers, many chunks
-    metadata = encode_file(gpt2_tokenizer, big, tmp_path / "out.bin", num_workers=num_workers)
+    big.write_text(owt_text * 8, encoding="utf-8")  # over the parallel threshold: real workers, many chunks
+    progress = []
+    metadata = encode_file(gpt2_tokenizer, big, tmp_path / "out.bin", num_workers=num_workers,
+                           on_progress=lambda done, total: progress.append((done, total)))
     tokens = open_token_file(tmp_path / "out.bin", expected_fingerprint=gpt2_tokenizer.fingerprint())
     assert tokens.dtype == np.uint16 and metadata["dtype"] == "uint16"
-    assert tokens.tolist() == gpt2_tokenizer.encode(text * 8)
+    assert tokens.tolist() == gpt2_tokenizer.encode(owt_text * 8)
     assert metadata["num_tokens"] == len(tokens) and metadata["vocab_size"] == 50257
     saved = json.loads((tmp_path / "out.bin.json").read_text())
     assert saved == metadata
+    # Progress counts every chunk once, in order, up to the whole file; no scratch files are left behind.
+    size = big.stat().st_size
+    assert len(progress) >= 8 and progress[-1] == (size, size)
+    assert [done for done, _ in progress] == sorted({done for done, _ in progress})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["big.txt", "out.bin", "out.bin.json"]
+    assert multiprocessing.active_children() == []
+
+
+def test_processes_claim_each_chunk_once():
+    shared_counter = multiprocessing.Value("q", 0)
+    first, second = claim_chunks(7, shared_counter), claim_chunks(7, shared_counter)
+    claimed = [next(first), next(second), next(second), *first, *second]
+    assert claimed == [0, 1, 2, 3, 4, 5, 6]
+    assert list(claim_chunks(3, None)) == [0, 1, 2]  # a lone process takes them all
+
+
+@pytest.mark.parametrize("main_encodes", [True, False])
+def test_invalid_utf8_in_a_parallel_encode_is_a_clear_error(tmp_path, owt_text, gpt2_tokenizer, monkeypatch,
+                                                            main_encodes):
+    # One bad byte in a file of many chunks: whichever process claims that chunk (with main_encodes=False, a
+    # worker surely does), the error names the byte and its offset in the file, nothing is written, and the
+    # workers are gone.
+    if not main_encodes:
+        monkeypatch.setattr(corpus, "claim_chunks", lambda num_chunks, next_chunk: iter(()))
+    text = owt_text.encode("utf-8")
+    source = tmp_path / "bad.txt"
+    source.write_bytes(text * 3 + b"\xff" + text * 5)
+    output = tmp_path / "out.bin"
+    output.write_bytes(b"previous result")
+    with pytest.raises(BPEInputError, match=rf"is not valid UTF-8: byte 0xff at offset {len(text) * 3} .*convert it"):
+        encode_file(gpt2_tokenizer, source, output, num_workers=2)
+    assert output.read_bytes() == b"previous result"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.txt", "out.bin"]
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_that_dies_is_an_error(tmp_path, owt_text, gpt2_tokenizer, monkeypatch):
+    main_process, encode_array = os.getpid(), gpt2_tokenizer.encode_array
+
+    def die_in_workers(text):  # forked workers inherit this; only they exit, as if killed
+        if os.getpid() != main_process:
+            os._exit(3)
+        return encode_array(text)
+
+    monkeypatch.setattr(gpt2_tokenizer, "encode_array", die_in_workers)
+    source = tmp_path / "big.txt"
+    source.write_text(owt_text * 8, encoding="utf-8")
+    with pytest.raises(RuntimeError, match="an encoding worker exited with code 3"):
+        encode_file(gpt2_tokenizer, source, tmp_path / "out.bin", num_workers=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["big.txt"]
+
+
+def test_worker_reports_its_error_to_the_main_process(tmp_path, gpt2_tokenizer):
+    source = tmp_path / "bad.txt"
+    source.write_bytes(b"fine text \xfe")
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    with pytest.raises(SystemExit):
+        chunk_workers._work(gpt2_tokenizer, str(source), [(0, 5), (5, 11)], np.dtype("<u2"), tmp_path,
+                            multiprocessing.Value("q", 0), sender)
+    error = receiver.recv()
+    assert isinstance(error, BPEInputError) and "byte 0xfe at offset 10" in str(error)
+    assert (tmp_path / "0.bin").read_bytes() == np.array(gpt2_tokenizer.encode("fine "), "<u2").tobytes()
+
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    with pytest.raises(SystemExit):  # any other failure arrives as a RuntimeError that names it
+        chunk_workers._work(gpt2_tokenizer, str(source), [(0, 5)], np.dtype("<u2"), tmp_path / "missing",
+                            multiprocessing.Value("q", 0), sender)
+    error = receiver.recv()
+    assert isinstance(error, RuntimeError) and "FileNotFoundError" in str(error)
 
 
 @pytest.mark.slow
 def test_encoded_file_without_fork(tmp_path, data_dir, gpt2_tokenizer, monkeypatch):
     # Where fork is unavailable (macOS and Windows default to spawn), the workers receive the tokenizer pickled.
     spawn = multiprocessing.get_context("spawn")
-    monkeypatch.setattr(corpus.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    monkeypatch.setattr(corpus.multiprocessing, "get_context", lambda method=None: spawn)
+    monkeypatch.setattr(chunk_workers.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(chunk_workers.multiprocessing, "get_context", lambda method=None: spawn)
     text = (data_dir / "owt" / "owt_valid_sample.txt").read_text(encoding="utf-8") * 8
     source = tmp_path / "big.txt"
     source.write_text(text, encoding="utf-8")
@@ -67,6 +144,34 @@ def test_interrupted_encode_leaves_no_output(tmp_path, fixtures_dir, gpt2_tokeni
         encode_file(gpt2_tokenizer, fixtures_dir / "corpus.en", output, on_progress=interrupt)
     assert output.read_bytes() == b"previous result"  # the old file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # and no temporary file is left
+
+
+def test_interrupted_parallel_encode_stops_workers_and_leaves_no_output(tmp_path, owt_text, gpt2_tokenizer,
+                                                                         monkeypatch):
+    source = tmp_path / "big.txt"
+    source.write_text(owt_text * 8, encoding="utf-8")
+    output = tmp_path / "out.bin"
+    output.write_bytes(b"previous result")
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    main_process, encode_array = os.getpid(), gpt2_tokenizer.encode_array
+
+    def stall_in_workers(text):  # a worker would take 20 s: the interrupt must stop it, not wait for it
+        if os.getpid() != main_process:
+            time.sleep(20)
+            os._exit(0)
+        return encode_array(text)
+
+    monkeypatch.setattr(gpt2_tokenizer, "encode_array", stall_in_workers)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        encode_file(gpt2_tokenizer, source, output, num_workers=2, on_progress=interrupt)
+    assert time.monotonic() - started < 10
+    assert output.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "out.bin"]  # scratch chunks removed too
+    assert multiprocessing.active_children() == []
 
 
 def test_token_file_checks(tmp_path, fixtures_dir, gpt2_tokenizer):

@@ -8,30 +8,31 @@ Output, for ``encode_file(tokenizer, "train.txt", "train.bin")``:
 - ``train.bin.json``: ``{"format": ..., "dtype": "uint16", "num_tokens": ..., "vocab_size": ...,
   "tokenizer_fingerprint": ..., "source": ..., "source_bytes": ...}``. The trainer checks it before use.
 
-The file is processed in chunks cut at special tokens (see `chunking`), encoded in parallel worker processes
-and written in order, so memory stays bounded by a few chunks whatever the file size. Output goes to a
-temporary name and is renamed only when complete: an interrupted run leaves no partial ``.bin`` behind.
+The file is processed in chunks cut at special tokens (see `chunking`), encoded in parallel by several
+processes (see `chunk_workers`) and written in order, so memory stays bounded by a few chunks whatever the file
+size. Output goes to a temporary name and is renamed only when complete: an interrupted run leaves no partial
+``.bin`` (and no scratch files) behind.
 """
 
-import contextlib
 import json
-import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from cs336_bpe.atomic import atomic_write
-from cs336_bpe.chunking import check_text_file, chunk_spans, read_span
+from cs336_bpe.chunk_workers import ChunkWorkers, chunk_path, claim_chunks, encode_span, write_chunk
+from cs336_bpe.chunking import check_text_file, chunk_spans
 from cs336_bpe.counting import PARALLEL_MIN_BYTES, default_num_workers
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.tokenizer import Tokenizer
 
 TOKEN_FILE_FORMAT = "cs336-tokens-v1"
 ENCODE_CHUNK_BYTES = 4 << 20
-
-_worker_tokenizer: Tokenizer | None = None
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -48,32 +49,48 @@ def metadata_path(token_path: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(token_path)}.json")
 
 
-def _init_worker(tokenizer: Tokenizer) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
+class _ChunksInOrder:
+    """Writes each chunk's ids to the output in file order, whichever process finished the chunk first.
 
+    A chunk that arrives in turn goes straight into the output; the others wait in the scratch directory (where
+    the worker processes also put theirs) until every chunk before them is in.
+    """
 
-def _encode_span(job: tuple[str, int, int, str]) -> np.ndarray:
-    path, start, end, dtype = job
-    ids = _worker_tokenizer.encode_array(read_span(path, start, end))
-    # The array holds machine integers; the file is little-endian whatever machine wrote it.
-    return np.frombuffer(ids, dtype=ids.typecode).astype(dtype, copy=False)
+    def __init__(self, handle: BinaryIO, scratch: Path, spans: list[tuple[int, int]], dtype: np.dtype,
+                 on_progress: Callable[[int, int], None] | None, file_size: int):
+        self.handle, self.scratch, self.spans, self.dtype = handle, scratch, spans, dtype
+        self.on_progress, self.file_size = on_progress, file_size
+        self.appended, self.num_tokens, self.bytes_done = 0, 0, 0  # chunks [0, appended) are in the output
 
+    def add(self, index: int, tokens: np.ndarray) -> None:
+        """Take a chunk this process encoded."""
+        if index == self.appended:
+            self.handle.write(tokens)
+            self._appended(len(tokens))
+        else:
+            write_chunk(self.scratch, index, tokens)
+        self.append_finished()
 
-@contextlib.contextmanager
-def _encoded_chunks(tokenizer: Tokenizer, jobs: list, num_workers: int) -> Iterator[Iterator[np.ndarray]]:
-    """An iterator over the token ids of each job's span, in file order; worker processes run ahead of it."""
-    _init_worker(tokenizer)
-    if num_workers == 1 or len(jobs) == 1:
-        yield map(_encode_span, jobs)
-        return
-    if "fork" in multiprocessing.get_all_start_methods():
-        # Forked workers inherit the tokenizer as it is: nothing is pickled, nothing rebuilt.
-        pool = multiprocessing.get_context("fork").Pool(num_workers)
-    else:
-        pool = multiprocessing.get_context().Pool(num_workers, _init_worker, (tokenizer,))
-    with pool:
-        yield pool.imap(_encode_span, jobs)
+    def append_finished(self) -> None:
+        """Append the finished chunks waiting in the scratch directory, as far as the order allows."""
+        while self.appended < len(self.spans) and (part := chunk_path(self.scratch, self.appended)).exists():
+            with open(part, "rb") as chunk_file:
+                shutil.copyfileobj(chunk_file, self.handle)
+            num_tokens = part.stat().st_size // self.dtype.itemsize
+            part.unlink()
+            self._appended(num_tokens)
+
+    def check_complete(self) -> None:
+        if self.appended != len(self.spans):  # cannot happen unless a chunk file vanished under us
+            raise RuntimeError(f"only {self.appended} of {len(self.spans)} chunks were encoded")
+
+    def _appended(self, num_tokens: int) -> None:
+        start, end = self.spans[self.appended]
+        self.appended += 1
+        self.num_tokens += num_tokens
+        self.bytes_done += end - start
+        if self.on_progress is not None:
+            self.on_progress(self.bytes_done, self.file_size)
 
 
 def encode_file(
@@ -85,7 +102,8 @@ def encode_file(
 ) -> dict:
     """Encode `input_path` to `output_path` (+ ``.json`` metadata); returns the metadata.
 
-    `on_progress(bytes_done, bytes_total)` is called as chunks complete.
+    `num_workers` processes encode, the main process being one of them (default: one per core).
+    `on_progress(bytes_done, bytes_total)` is called as chunks are written.
     """
     input_path, output_path = os.fspath(input_path), Path(output_path)
     file_size = check_text_file(input_path)
@@ -93,24 +111,29 @@ def encode_file(
     num_workers = num_workers or default_num_workers()
     if file_size < PARALLEL_MIN_BYTES:
         num_workers = 1
-    chunk_bytes = min(ENCODE_CHUNK_BYTES, max(1, file_size // (4 * num_workers)))
-    jobs = [(input_path, start, end, dtype.str)
-            for start, end in chunk_spans(input_path, chunk_bytes, tokenizer.special_tokens)]
+    # About eight chunks per process: once the last chunk is claimed, the other processes finish soon after.
+    spans = chunk_spans(input_path, min(ENCODE_CHUNK_BYTES, -(-file_size // (8 * num_workers))),
+                        tokenizer.special_tokens)
 
-    num_tokens, bytes_done = 0, 0
-    with _encoded_chunks(tokenizer, jobs, num_workers) as chunks, atomic_write(output_path, "wb") as handle:
-        fingerprint = tokenizer.fingerprint()  # computed here, while the workers are already encoding
-        for job, token_ids in zip(jobs, chunks, strict=True):
-            handle.write(token_ids.tobytes())
-            num_tokens += len(token_ids)
-            bytes_done += job[2] - job[1]
-            if on_progress is not None:
-                on_progress(bytes_done, file_size)
+    with (
+        atomic_write(output_path, "wb") as handle,
+        tempfile.TemporaryDirectory(dir=output_path.parent, prefix=f".{output_path.name}.chunks-") as scratch,
+        ChunkWorkers(num_workers - 1, tokenizer, input_path, spans, dtype, Path(scratch)) as workers,
+    ):
+        output = _ChunksInOrder(handle, Path(scratch), spans, dtype, on_progress, file_size)
+        fingerprint = tokenizer.fingerprint()  # computed while the workers start
+        for index in claim_chunks(len(spans), workers.next_chunk):
+            output.add(index, encode_span(tokenizer, input_path, spans[index], dtype))
+            workers.raise_failure()
+        while not workers.wait(timeout=0.2):
+            output.append_finished()
+        output.append_finished()
+        output.check_complete()
 
     metadata = {
         "format": TOKEN_FILE_FORMAT,
         "dtype": dtype.name,
-        "num_tokens": num_tokens,
+        "num_tokens": output.num_tokens,
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_fingerprint": fingerprint,
         "special_tokens": tokenizer.special_tokens,

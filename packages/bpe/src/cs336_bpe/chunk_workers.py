@@ -1,0 +1,134 @@
+"""Encode a file's chunks in parallel: each process takes the next unclaimed chunk until none is left.
+
+The main process and ``num_workers - 1`` worker processes share one counter: the index of the next chunk
+nobody has claimed yet. A process claims a chunk, encodes it, writes its ids to ``<scratch>/<index>.bin`` and
+claims the next. A slow chunk therefore delays only the process that has it. The main process appends the
+finished files to the output in chunk order (see `corpus.encode_file`).
+
+Two choices here are about speed on a small machine:
+
+- The main process encodes too. If it only waited for results, it would be a third process competing for
+  two cores whenever it woke up to receive a result.
+- Results travel through files, not pipes. A worker sending a chunk's ids (hundreds of KB) through a pipe
+  blocks until the main process reads them, and the main process is busy encoding its own chunk.
+
+Measured on the 4 MB TinyStories file with 2 processes (BENCHMARKS.md): 0.21 s with a `multiprocessing.Pool`
+of two workers sending their results through pipes, against 0.18-0.19 s like this.
+"""
+
+import multiprocessing
+import multiprocessing.connection
+import os
+from collections.abc import Iterator
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+
+import numpy as np
+
+from cs336_bpe.chunking import read_span
+from cs336_bpe.errors import BPEInputError
+from cs336_bpe.tokenizer import Tokenizer
+
+Span = tuple[int, int]
+
+
+def claim_chunks(num_chunks: int, next_chunk: Synchronized | None) -> Iterator[int]:
+    """The indices of the chunks this process claims, in increasing order, until none is left.
+
+    `next_chunk` is the counter shared by all processes; None means this process is the only one.
+    """
+    if next_chunk is None:
+        yield from range(num_chunks)
+        return
+    while True:
+        with next_chunk.get_lock():
+            index = next_chunk.value
+            next_chunk.value += 1
+        if index >= num_chunks:
+            return
+        yield index
+
+
+def encode_span(tokenizer: Tokenizer, path: str, span: Span, dtype: np.dtype) -> np.ndarray:
+    """The token ids of bytes ``[start, end)`` of the file, as `dtype` (little-endian, the token file's format)."""
+    ids = tokenizer.encode_array(read_span(path, *span))
+    return np.frombuffer(ids, dtype=ids.typecode).astype(dtype, copy=False)
+
+
+def chunk_path(scratch: Path, index: int) -> Path:
+    return scratch / f"{index}.bin"
+
+
+def write_chunk(scratch: Path, index: int, tokens: np.ndarray) -> None:
+    """Write a chunk's ids under a temporary name, then rename: a ``.bin`` file that exists is complete."""
+    partial = scratch / f"{index}.partial"
+    tokens.tofile(partial)
+    os.replace(partial, chunk_path(scratch, index))
+
+
+def _work(tokenizer: Tokenizer, path: str, spans: list[Span], dtype: np.dtype, scratch: Path,
+          next_chunk: Synchronized, errors: multiprocessing.connection.Connection) -> None:
+    """A worker process: encode claimed chunks into `scratch`; report a failure through `errors`."""
+    try:
+        for index in claim_chunks(len(spans), next_chunk):
+            write_chunk(scratch, index, encode_span(tokenizer, path, spans[index], dtype))
+    except KeyboardInterrupt:
+        raise SystemExit(1) from None  # Ctrl-C reaches every process; the main process reports it
+    except BaseException as error:
+        # The main process re-raises it: a BPEInputError keeps its message (e.g. invalid UTF-8 at an offset).
+        errors.send(error if isinstance(error, BPEInputError) else RuntimeError(f"encoding worker failed: {error!r}"))
+        raise SystemExit(1) from None
+
+
+class ChunkWorkers:
+    """`count` worker processes encoding claimed chunks; on exit, any still running are stopped.
+
+    With fork, the workers inherit the tokenizer as it is: nothing is pickled or rebuilt. Where fork is
+    unavailable (the default on macOS and Windows), the tokenizer is pickled to them.
+    """
+
+    def __init__(self, count: int, tokenizer: Tokenizer, path: str, spans: list[Span], dtype: np.dtype,
+                 scratch: Path):
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        self.next_chunk = context.Value("q", 0) if count else None
+        self._processes, self._errors, self._senders = [], [], []
+        for _ in range(count):
+            receiver, sender = context.Pipe(duplex=False)
+            self._processes.append(context.Process(
+                target=_work, args=(tokenizer, path, spans, dtype, scratch, self.next_chunk, sender), daemon=True))
+            self._errors.append(receiver)
+            self._senders.append(sender)
+
+    def __enter__(self) -> "ChunkWorkers":
+        for process, sender in zip(self._processes, self._senders, strict=True):
+            process.start()
+            sender.close()  # the worker has its own copy
+        return self
+
+    def raise_failure(self) -> None:
+        """Re-raise the first worker failure, if any (a worker's own error, or a death without one)."""
+        for process, errors in zip(self._processes, self._errors, strict=True):
+            if not errors.closed and errors.poll():
+                try:
+                    raise errors.recv()
+                except EOFError:  # the worker finished without an error and closed its end
+                    errors.close()
+            if process.exitcode not in (None, 0):
+                raise RuntimeError(f"an encoding worker exited with code {process.exitcode}; "
+                                   "was it killed (out of memory?)")
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the workers to finish; True once all have."""
+        # A worker sends its error just before it exits, so waiting for the exits is enough.
+        running = [process.sentinel for process in self._processes if process.is_alive()]
+        if running:
+            multiprocessing.connection.wait(running, timeout)
+        self.raise_failure()
+        return all(process.exitcode is not None for process in self._processes)
+
+    def __exit__(self, *exc_info) -> None:
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
