@@ -90,7 +90,8 @@ def test_worker_reports_its_error_to_the_main_process(tmp_path, gpt2_tokenizer):
     with pytest.raises(SystemExit):
         chunk_workers._work(gpt2_tokenizer, str(source), [(0, 5), (5, 11)], np.dtype("<u2"), tmp_path,
                             multiprocessing.Value("q", 0), sender)
-    error = receiver.recv()
+    finished_chunk, error = receiver.recv(), receiver.recv()
+    assert finished_chunk == 0
     assert isinstance(error, BPEInputError) and "byte 0xfe at offset 10" in str(error)
     assert (tmp_path / "0.bin").read_bytes() == np.array(gpt2_tokenizer.encode("fine "), "<u2").tobytes()
 

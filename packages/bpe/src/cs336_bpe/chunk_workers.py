@@ -67,21 +67,22 @@ def write_chunk(scratch: Path, index: int, tokens: np.ndarray) -> None:
 
 
 def _work(tokenizer: Tokenizer, path: str, spans: list[Span], dtype: np.dtype, scratch: Path,
-          next_chunk: Synchronized, errors: multiprocessing.connection.Connection) -> None:
-    """A worker process: encode claimed chunks into `scratch`; report a failure through `errors`."""
+          next_chunk: Synchronized, messages: multiprocessing.connection.Connection) -> None:
+    """A worker process: encode claimed chunks into `scratch`; send each one's index, or the error that stopped it."""
     try:
         for index in claim_chunks(len(spans), next_chunk):
             write_chunk(scratch, index, encode_span(tokenizer, path, spans[index], dtype))
+            messages.send(index)  # wakes the main process, which may be waiting for this very chunk
     except KeyboardInterrupt:
         raise SystemExit(1) from None  # Ctrl-C reaches every process; the main process reports it
     except BaseException as error:
         # The main process re-raises it: a BPEInputError keeps its message (e.g. invalid UTF-8 at an offset).
-        errors.send(error if isinstance(error, BPEInputError) else RuntimeError(f"encoding worker failed: {error!r}"))
+        messages.send(error if isinstance(error, BPEInputError) else RuntimeError(f"encoding worker failed: {error!r}"))
         raise SystemExit(1) from None
 
 
 class ChunkWorkers:
-    """`count` worker processes encoding claimed chunks; on exit, any still running are stopped.
+    """`count` worker processes encoding claimed chunks. On exit they are joined; after an error, stopped first.
 
     With fork, the workers inherit the tokenizer as it is: nothing is pickled or rebuilt. Where fork is
     unavailable (the default on macOS and Windows), the tokenizer is pickled to them.
@@ -92,43 +93,54 @@ class ChunkWorkers:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
         self.next_chunk = context.Value("q", 0) if count else None
-        self._processes, self._errors, self._senders = [], [], []
+        self._processes, self._messages, self._senders = [], [], []
         for _ in range(count):
             receiver, sender = context.Pipe(duplex=False)
             self._processes.append(context.Process(
                 target=_work, args=(tokenizer, path, spans, dtype, scratch, self.next_chunk, sender), daemon=True))
-            self._errors.append(receiver)
+            self._messages.append(receiver)
             self._senders.append(sender)
 
     def __enter__(self) -> "ChunkWorkers":
         for process, sender in zip(self._processes, self._senders, strict=True):
             process.start()
-            sender.close()  # the worker has its own copy
+            sender.close()  # the worker has its own copy; once it exits, reading from the pipe gives EOFError
         return self
 
     def raise_failure(self) -> None:
-        """Re-raise the first worker failure, if any (a worker's own error, or a death without one)."""
-        for process, errors in zip(self._processes, self._errors, strict=True):
-            if not errors.closed and errors.poll():
+        """Read what the workers have sent so far; re-raise a worker's error."""
+        for messages in self._messages:
+            while not messages.closed and messages.poll():
                 try:
-                    raise errors.recv()
-                except EOFError:  # the worker finished without an error and closed its end
-                    errors.close()
-            if process.exitcode not in (None, 0):
-                raise RuntimeError(f"an encoding worker exited with code {process.exitcode}; "
-                                   "was it killed (out of memory?)")
+                    message = messages.recv()
+                except EOFError:  # the worker has exited
+                    messages.close()
+                else:
+                    if isinstance(message, BaseException):
+                        raise message
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the workers to finish; True once all have."""
-        # A worker sends its error just before it exits, so waiting for the exits is enough.
-        running = [process.sentinel for process in self._processes if process.is_alive()]
-        if running:
-            multiprocessing.connection.wait(running, timeout)
-        self.raise_failure()
-        return all(process.exitcode is not None for process in self._processes)
+        """Wait up to `timeout` seconds for news from a worker (a finished chunk, an error, an exit).
 
-    def __exit__(self, *exc_info) -> None:
+        Returns False, at once, when no worker is left to hear from.
+        """
+        listening = [messages for messages in self._messages if not messages.closed]
+        if not listening:
+            return False
+        multiprocessing.connection.wait(listening, timeout)
+        self.raise_failure()
+        return True
+
+    def raise_death(self) -> None:
+        """Once every worker has ended: report one that died without a word (killed, e.g. out of memory)."""
         for process in self._processes:
-            if process.is_alive():
+            process.join()
+            if process.exitcode != 0:
+                raise RuntimeError(f"an encoding worker exited with code {process.exitcode}; was it killed "
+                                   "(out of memory?)")
+
+    def __exit__(self, exc_type, *_) -> None:
+        for process in self._processes:
+            if exc_type is not None and process.is_alive():
                 process.terminate()
             process.join()

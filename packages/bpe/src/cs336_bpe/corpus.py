@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from cs336_bpe.atomic import atomic_write
+from cs336_bpe.atomic import atomic_write, ensure_writable_directory
 from cs336_bpe.chunk_workers import ChunkWorkers, chunk_path, claim_chunks, encode_span, write_chunk
 from cs336_bpe.chunking import check_text_file, chunk_spans
 from cs336_bpe.counting import PARALLEL_MIN_BYTES, default_num_workers
@@ -80,10 +80,6 @@ class _ChunksInOrder:
             part.unlink()
             self._appended(num_tokens)
 
-    def check_complete(self) -> None:
-        if self.appended != len(self.spans):  # cannot happen unless a chunk file vanished under us
-            raise RuntimeError(f"only {self.appended} of {len(self.spans)} chunks were encoded")
-
     def _appended(self, num_tokens: int) -> None:
         start, end = self.spans[self.appended]
         self.appended += 1
@@ -115,34 +111,38 @@ def encode_file(
     spans = chunk_spans(input_path, min(ENCODE_CHUNK_BYTES, -(-file_size // (8 * num_workers))),
                         tokenizer.special_tokens)
 
+    ensure_writable_directory(output_path.parent)
+    # The workers are joined last, when leaving the outer block: they exit while we finish writing the files.
     with (
-        atomic_write(output_path, "wb") as handle,
         tempfile.TemporaryDirectory(dir=output_path.parent, prefix=f".{output_path.name}.chunks-") as scratch,
         ChunkWorkers(num_workers - 1, tokenizer, input_path, spans, dtype, Path(scratch)) as workers,
     ):
-        output = _ChunksInOrder(handle, Path(scratch), spans, dtype, on_progress, file_size)
-        fingerprint = tokenizer.fingerprint()  # computed while the workers start
-        for index in claim_chunks(len(spans), workers.next_chunk):
-            output.add(index, encode_span(tokenizer, input_path, spans[index], dtype))
-            workers.raise_failure()
-        while not workers.wait(timeout=0.2):
+        with atomic_write(output_path, "wb") as handle:
+            output = _ChunksInOrder(handle, Path(scratch), spans, dtype, on_progress, file_size)
+            fingerprint = tokenizer.fingerprint()  # computed while the workers start
+            for index in claim_chunks(len(spans), workers.next_chunk):
+                output.add(index, encode_span(tokenizer, input_path, spans[index], dtype))
+                workers.raise_failure()
+            while output.appended < len(spans) and workers.wait(timeout=1.0):
+                output.append_finished()
             output.append_finished()
-        output.append_finished()
-        output.check_complete()
+            if output.appended < len(spans):
+                workers.raise_death()
+                raise RuntimeError(f"only {output.appended} of {len(spans)} chunks were encoded")
 
-    metadata = {
-        "format": TOKEN_FILE_FORMAT,
-        "dtype": dtype.name,
-        "num_tokens": output.num_tokens,
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer_fingerprint": fingerprint,
-        "special_tokens": tokenizer.special_tokens,
-        "source": os.path.abspath(input_path),
-        "source_bytes": file_size,
-    }
-    with atomic_write(metadata_path(output_path), "w", encoding="utf-8") as handle:
-        json.dump(metadata, handle, indent=2)
-        handle.write("\n")
+        metadata = {
+            "format": TOKEN_FILE_FORMAT,
+            "dtype": dtype.name,
+            "num_tokens": output.num_tokens,
+            "vocab_size": tokenizer.vocab_size,
+            "tokenizer_fingerprint": fingerprint,
+            "special_tokens": tokenizer.special_tokens,
+            "source": os.path.abspath(input_path),
+            "source_bytes": file_size,
+        }
+        with atomic_write(metadata_path(output_path), "w", encoding="utf-8") as handle:
+            json.dump(metadata, handle, indent=2)
+            handle.write("\n")
     return metadata
 
 
