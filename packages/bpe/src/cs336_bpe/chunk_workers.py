@@ -12,8 +12,8 @@ Two choices here are about speed on a small machine:
 - Results travel through files, not pipes. A worker sending a chunk's ids (hundreds of KB) through a pipe
   blocks until the main process reads them, and the main process is busy encoding its own chunk.
 
-Measured on the 4 MB TinyStories file with 2 processes (BENCHMARKS.md): 0.21 s with a `multiprocessing.Pool`
-of two workers sending their results through pipes, against 0.18-0.19 s like this.
+Measured on the 4 MB TinyStories file with 2 processes, best of 12 alternating runs (BENCHMARKS.md): 0.212 s
+with a `multiprocessing.Pool` of two workers sending their results through pipes, 0.191 s like this.
 """
 
 import multiprocessing
