@@ -76,11 +76,19 @@ def test_a_worker_that_dies_is_an_error(tmp_path, owt_text, gpt2_tokenizer, monk
         return encode_array(text)
 
     monkeypatch.setattr(gpt2_tokenizer, "encode_array", die_in_workers)
+    monkeypatch.setattr(corpus, "claim_chunks", lambda num_chunks, next_chunk: iter(()))  # workers take them all
     source = tmp_path / "big.txt"
     source.write_text(owt_text * 8, encoding="utf-8")
     with pytest.raises(RuntimeError, match="an encoding worker exited with code 3"):
         encode_file(gpt2_tokenizer, source, tmp_path / "out.bin", num_workers=2)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["big.txt"]
+
+
+def test_chunks_are_little_endian_whatever_dtype_is_asked_for(tmp_path, gpt2_tokenizer):
+    source = tmp_path / "a.txt"
+    source.write_text("Once upon a time", encoding="utf-8")
+    tokens = chunk_workers.encode_span(gpt2_tokenizer, str(source), (0, 16), np.dtype(">u2"))
+    assert tokens.tobytes() == np.array(gpt2_tokenizer.encode("Once upon a time"), "<u2").tobytes()
 
 
 def test_worker_reports_its_error_to_the_main_process(tmp_path, gpt2_tokenizer):
@@ -154,21 +162,22 @@ def test_interrupted_parallel_encode_stops_workers_and_leaves_no_output(tmp_path
     output = tmp_path / "out.bin"
     output.write_bytes(b"previous result")
 
-    def interrupt(done, total):
-        raise KeyboardInterrupt
-
     main_process, encode_array = os.getpid(), gpt2_tokenizer.encode_array
+    main_calls = []
 
-    def stall_in_workers(text):  # a worker would take 20 s: the interrupt must stop it, not wait for it
-        if os.getpid() != main_process:
+    def stall_in_workers(text):
+        if os.getpid() != main_process:  # a worker would take 20 s: the interrupt must stop it, not wait for it
             time.sleep(20)
             os._exit(0)
+        main_calls.append(len(text))
+        if len(main_calls) == 2:  # Ctrl-C while the main process encodes its second chunk
+            raise KeyboardInterrupt
         return encode_array(text)
 
     monkeypatch.setattr(gpt2_tokenizer, "encode_array", stall_in_workers)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        encode_file(gpt2_tokenizer, source, output, num_workers=2, on_progress=interrupt)
+        encode_file(gpt2_tokenizer, source, output, num_workers=2)
     assert time.monotonic() - started < 10
     assert output.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "out.bin"]  # scratch chunks removed too

@@ -50,9 +50,10 @@ def claim_chunks(num_chunks: int, next_chunk: Synchronized | None) -> Iterator[i
 
 
 def encode_span(tokenizer: Tokenizer, path: str, span: Span, dtype: np.dtype) -> np.ndarray:
-    """The token ids of bytes ``[start, end)`` of the file, as `dtype` (little-endian, the token file's format)."""
+    """The token ids of bytes ``[start, end)`` of the file, as little-endian `dtype` (the token file's format)."""
     ids = tokenizer.encode_array(read_span(path, *span))
-    return np.frombuffer(ids, dtype=ids.typecode).astype(dtype, copy=False)
+    # The array holds machine integers; the file is little-endian whatever machine writes or reads it.
+    return np.frombuffer(ids, dtype=ids.typecode).astype(dtype.newbyteorder("<"), copy=False)
 
 
 def chunk_path(scratch: Path, index: int) -> Path:

@@ -98,8 +98,8 @@ def chunk_spans(
     boundaries = [0]
     with open(path, "rb") as handle:
         while boundaries[-1] < file_size:
-            # Targets are multiples of the chunk size, not offsets from the last boundary: the small overshoot
-            # of each boundary does not add up into one extra, tiny chunk at the end.
+            # Targets are multiples of the chunk size, not offsets from the last boundary: the small overshoots
+            # of the boundaries do not add up, and the file gets as many chunks as asked for.
             target = max(len(boundaries) * desired_chunk_bytes, boundaries[-1] + 1)
             if target >= file_size:
                 boundaries.append(file_size)

@@ -168,7 +168,7 @@ def read_token_metadata(token_path: str | os.PathLike) -> dict:
 def open_token_file(token_path: str | os.PathLike, expected_fingerprint: str | None = None) -> np.ndarray:
     """Memory-map a token file after checking it against its metadata (and a tokenizer, if given)."""
     metadata = read_token_metadata(token_path)
-    dtype = np.dtype(metadata["dtype"])
+    dtype = np.dtype(metadata["dtype"]).newbyteorder("<")  # token files are little-endian on every machine
     expected_bytes = metadata["num_tokens"] * dtype.itemsize
     actual_bytes = os.path.getsize(token_path)
     if actual_bytes != expected_bytes:
