@@ -84,6 +84,22 @@ def test_a_worker_that_dies_is_an_error(tmp_path, owt_text, gpt2_tokenizer, monk
     assert sorted(path.name for path in tmp_path.iterdir()) == ["big.txt"]
 
 
+def test_workers_already_started_are_stopped_when_the_next_one_cannot_start(tmp_path, gpt2_tokenizer, monkeypatch):
+    workers = chunk_workers.ChunkWorkers(3, gpt2_tokenizer, str(tmp_path / "unused.txt"), [(0, 1)] * 99,
+                                         np.dtype("<u2"), tmp_path)
+    workers.next_chunk.value = 99  # nothing left to claim: a started worker exits at once
+
+    def refuse():
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(workers._processes[1], "start", refuse)
+    with pytest.raises(OSError, match="no more processes"):
+        workers.__enter__()
+    assert workers._processes[0].exitcode is not None  # the first one was started, then joined
+    assert workers._processes[2].pid is None  # the third was never started
+    assert multiprocessing.active_children() == []
+
+
 def test_chunks_are_little_endian_whatever_dtype_is_asked_for(tmp_path, gpt2_tokenizer):
     source = tmp_path / "a.txt"
     source.write_text("Once upon a time", encoding="utf-8")

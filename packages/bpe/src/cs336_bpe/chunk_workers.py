@@ -103,9 +103,13 @@ class ChunkWorkers:
             self._senders.append(sender)
 
     def __enter__(self) -> "ChunkWorkers":
-        for process, sender in zip(self._processes, self._senders, strict=True):
-            process.start()
-            sender.close()  # the worker has its own copy; once it exits, reading from the pipe gives EOFError
+        try:
+            for process, sender in zip(self._processes, self._senders, strict=True):
+                process.start()
+                sender.close()  # the worker has its own copy; once it exits, reading from the pipe gives EOFError
+        except BaseException as error:  # e.g. the system refused another process: stop the ones already started
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
         return self
 
     def raise_failure(self) -> None:
@@ -142,6 +146,8 @@ class ChunkWorkers:
 
     def __exit__(self, exc_type, *_) -> None:
         for process in self._processes:
+            if process.pid is None:  # never started
+                continue
             if exc_type is not None and process.is_alive():
                 process.terminate()
             process.join()
