@@ -128,12 +128,15 @@ def test_worker_reports_its_error_to_the_main_process(tmp_path, gpt2_tokenizer):
 
 
 @pytest.mark.slow
-def test_encoded_file_without_fork(tmp_path, data_dir, gpt2_tokenizer, monkeypatch):
+def test_encoded_file_without_fork(tmp_path, owt_text, gpt2_tokenizer, monkeypatch):
     # Where fork is unavailable (macOS and Windows default to spawn), the workers receive the tokenizer pickled.
+    # A spawned worker starts slowly, so the main process could encode every chunk before it is up: here the
+    # main process claims none, and the spawned worker must encode them all.
     spawn = multiprocessing.get_context("spawn")
     monkeypatch.setattr(chunk_workers.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     monkeypatch.setattr(chunk_workers.multiprocessing, "get_context", lambda method=None: spawn)
-    text = (data_dir / "owt" / "owt_valid_sample.txt").read_text(encoding="utf-8") * 8
+    monkeypatch.setattr(corpus, "claim_chunks", lambda num_chunks, next_chunk: iter(()))
+    text = owt_text * 8
     source = tmp_path / "big.txt"
     source.write_text(text, encoding="utf-8")
     metadata = encode_file(gpt2_tokenizer, source, tmp_path / "out.bin", num_workers=2)
