@@ -215,6 +215,16 @@ def test_token_file_checks(tmp_path, fixtures_dir, gpt2_tokenizer):
         open_token_file(tmp_path / "missing.bin")
 
 
+def test_token_files_of_an_older_format_are_refused_with_the_fix(tmp_path, fixtures_dir, gpt2_tokenizer):
+    metadata = encode_file(gpt2_tokenizer, fixtures_dir / "german.txt", tmp_path / "g.bin")
+    (tmp_path / "g.bin.json").write_text(json.dumps({**metadata, "format": "cs336-tokens-v1"}), encoding="utf-8")
+    with pytest.raises(BPEInputError, match="older cs336-bpe .* encode it again with `cs336-bpe encode`"):
+        open_token_file(tmp_path / "g.bin")
+    (tmp_path / "g.bin.json").write_text(json.dumps({**metadata, "format": "something-else"}), encoding="utf-8")
+    with pytest.raises(BPEInputError, match="has format 'something-else', expected 'cs336-tokens-v2'"):
+        open_token_file(tmp_path / "g.bin")
+
+
 def test_unwritable_output_is_a_clear_error(tmp_path, fixtures_dir, gpt2_tokenizer):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -1,6 +1,9 @@
 """Tokenizer: tiktoken parity, round trips, streaming, special tokens, decoding errors, on-disk format."""
 
+import hashlib
+import json
 import random
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -163,8 +166,6 @@ def test_encode_array_holds_the_same_ids_in_the_narrowest_type(small_tokenizer):
     large = Tokenizer({b: bytes([b]) for b in range(256)} | {70000: b"<unused>"}, [], ["<|endoftext|>"])
     ids = large.encode_array("hi<|endoftext|>")
     assert ids.itemsize == 4 and ids.tolist() == [104, 105, 70001]
-    huge = Tokenizer({b: bytes([b]) for b in range(256)} | {1 << 40: b"<unused>"}, [], ["<|endoftext|>"])
-    assert huge.encode("hi<|endoftext|>") == [104, 105, (1 << 40) + 1]  # sparse ids: 8 bytes each
 
 
 def test_blocks_do_not_change_ids(fixtures_dir, gpt2_tokenizer, tiktoken_gpt2, monkeypatch):
@@ -206,8 +207,52 @@ def test_save_load_round_trips_arbitrary_bytes(tmp_path):
     assert "Ġ Ċ" in (tmp_path / "tok" / "merges.txt").read_text(encoding="utf-8")
 
 
-def test_fingerprint_distinguishes_tokenizers(small_tokenizer, gpt2_tokenizer):
-    assert small_tokenizer.fingerprint() != gpt2_tokenizer.fingerprint()
+def reference_fingerprint(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str]):
+    """The documented fingerprint, written out number by number with `struct`."""
+    token_to_id = {token: token_id for token_id, token in vocab.items()}
+    pairs = list(dict.fromkeys((token_to_id[left], token_to_id[right]) for left, right in merges))  # first wins
+    bits = max(vocab).bit_length()
+    ids = sorted(vocab)
+    numbers = [len(ids), len(pairs), *ids, *(len(vocab[i]) for i in ids)]
+    numbers += [left << bits | right for left, right in pairs]
+    stream = b"".join(struct.pack("<Q", number) for number in numbers)
+    stream += b"".join(vocab[i] for i in ids) + json.dumps(special_tokens).encode()
+    return hashlib.sha256(stream).hexdigest()[:16]
+
+
+def test_fingerprint_matches_its_definition(small_tokenizer, gpt2_tokenizer):
+    for tokenizer in (small_tokenizer, gpt2_tokenizer):
+        expected = reference_fingerprint(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
+        assert tokenizer.fingerprint() == expected
+
+
+def test_fingerprint_changes_with_anything_that_changes_encoding_or_decoding(small_tokenizer):
+    vocab, merges, special = small_tokenizer.vocab, small_tokenizer.merges, small_tokenizer.special_tokens
+    fingerprint = small_tokenizer.fingerprint()
+    assert Tokenizer(vocab, merges, special).fingerprint() == fingerprint
+    # A merge repeated later never applies, so it does not change the fingerprint.
+    assert Tokenizer(vocab, [*merges, merges[0]], special).fingerprint() == fingerprint
+    last_id = max(vocab)
+    variants = [
+        Tokenizer(vocab, merges[:-1], special),  # one merge fewer
+        Tokenizer(vocab, [merges[1], merges[0], *merges[2:]], special),  # two merges swapped
+        Tokenizer(vocab, merges, special[:1]),  # one special token fewer
+        Tokenizer({**vocab, last_id + 1: b"\xff\xfe"}, merges, special),  # one more token
+        Tokenizer({**{i: t for i, t in vocab.items() if i != last_id}, last_id + 5: vocab[last_id]}, merges, special),
+    ]
+    fingerprints = [variant.fingerprint() for variant in variants]
+    assert fingerprint not in fingerprints and len(set(fingerprints)) == len(fingerprints)
+
+
+def test_vocabulary_ids_must_fit_a_uint32():
+    vocab = {b: bytes([b]) for b in range(256)}
+    with pytest.raises(BPEInputError, match="ids must be integers from 0 to 4,294,967,295"):
+        Tokenizer({**vocab, 1 << 32: b"ab"}, [])
+    with pytest.raises(BPEInputError, match=r"special tokens added\) run from -1 to 255"):
+        Tokenizer({**vocab, -1: b"ab"}, [])
+    with pytest.raises(BPEInputError, match="run from 0 to 4294967296"):  # no room left for the special token
+        Tokenizer({**vocab, (1 << 32) - 1: b"ab"}, [], ["<|endoftext|>"])
+    assert Tokenizer({**vocab, (1 << 32) - 1: b"ab"}, [(b"a", b"b")]).encode("ab") == [(1 << 32) - 1]
 
 
 def test_bad_vocabularies_are_clear_errors(tmp_path):

@@ -31,7 +31,8 @@ from cs336_bpe.counting import PARALLEL_MIN_BYTES, default_num_workers
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.tokenizer import Tokenizer
 
-TOKEN_FILE_FORMAT = "cs336-tokens-v1"
+# v2: same layout as v1, but the tokenizer fingerprint is computed differently (faster); v1 files must be re-encoded.
+TOKEN_FILE_FORMAT = "cs336-tokens-v2"
 ENCODE_CHUNK_BYTES = 4 << 20
 
 
@@ -158,6 +159,11 @@ def read_token_metadata(token_path: str | os.PathLike) -> dict:
         metadata = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise BPEInputError(f"metadata file {str(path)!r} is not valid JSON ({error}); re-run the encoding") from None
+    if metadata.get("format") == "cs336-tokens-v1":
+        raise BPEInputError(
+            f"token file {os.fspath(token_path)!r} was written by an older cs336-bpe (format cs336-tokens-v1), whose "
+            "tokenizer fingerprints are computed differently; encode it again with `cs336-bpe encode`"
+        )
     if metadata.get("format") != TOKEN_FILE_FORMAT:
         raise BPEInputError(
             f"metadata file {str(path)!r} has format {metadata.get('format')!r}, expected {TOKEN_FILE_FORMAT!r}"

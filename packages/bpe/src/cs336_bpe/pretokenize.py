@@ -82,7 +82,7 @@ def split_fragments(text: str) -> list[str]:
     >>> [unmark_spaces(fragment) for fragment in split_fragments("Once upon  a time\\n the end")]
     ['Once', 'upon ', 'a', 'time\\n', 'the', 'end']
     """
-    if SPACE_MARKER in text:
+    if not text.isascii() and SPACE_MARKER in text:  # isascii() is free: CPython records it with each string
         raise BPEInputError(
             f"text contains the lone surrogate U+D800 at index {text.index(SPACE_MARKER)}; it has no UTF-8 "
             "encoding, so it cannot be tokenized (was the text decoded with errors='surrogatepass'?)"
