@@ -244,6 +244,14 @@ def test_fingerprint_changes_with_anything_that_changes_encoding_or_decoding(sma
     assert fingerprint not in fingerprints and len(set(fingerprints)) == len(fingerprints)
 
 
+def test_fingerprints_stored_before_token_format_v2_are_still_recognized(small_tokenizer, gpt2_tokenizer):
+    # What cs336-bpe printed for GPT-2's fixture files before token-file format v2 (e.g. in `cs336-bpe stats`).
+    assert gpt2_tokenizer.has_fingerprint("3424244a20353d87")
+    assert gpt2_tokenizer.has_fingerprint(gpt2_tokenizer.fingerprint())
+    assert not small_tokenizer.has_fingerprint("3424244a20353d87")
+    assert not gpt2_tokenizer.has_fingerprint(small_tokenizer.fingerprint())
+
+
 def test_vocabulary_ids_must_fit_a_uint32():
     vocab = {b: bytes([b]) for b in range(256)}
     with pytest.raises(BPEInputError, match="ids must be integers from 0 to 4,294,967,295"):

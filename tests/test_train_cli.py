@@ -5,6 +5,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from cs336_bpe import Tokenizer
+from cs336_sample import load_model_and_tokenizer
+from cs336_train.checkpoint import read_checkpoint, write_checkpoint
 from cs336_train.cli import main
 from tests.train_helpers import tiny_config, tiny_config_values, write_config
 
@@ -72,6 +75,35 @@ def test_resume_and_eval_errors(tmp_path, token_files):
     result = _invoke("eval", tmp_path / "absent.pt", "--data", token_files["valid"])
     assert result.exit_code == 1 and "does not exist" in result.output
     assert _invoke("fit", tmp_path / "absent.toml").exit_code == 1
+
+
+def _store_fingerprint(run_dir, fingerprint):
+    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+        state = read_checkpoint(path)
+        state["tokenizer_fingerprint"] = fingerprint
+        write_checkpoint(state, path)
+
+
+def test_checkpoints_storing_the_older_fingerprint_still_evaluate_sample_and_resume(token_files, tmp_path):
+    # Checkpoints saved before cs336-bpe's token-file format v2 store the older form of the tokenizer's hash.
+    config_path = write_config(tmp_path / "config.toml", tiny_config(token_files, steps=6, checkpoint_interval=2))
+    run_dir = tmp_path / "run"
+    assert _invoke("fit", config_path, "--out", run_dir).exit_code == 0
+    (run_dir / "checkpoints" / "step_00000006.pt").unlink()  # as if the run had been stopped after step 4
+    tokenizer = Tokenizer.load(run_dir / "tokenizer")
+    _store_fingerprint(run_dir, "0" * 16)  # another tokenizer's: refused
+    assert "another tokenizer than the run's" in _invoke("resume", run_dir).output
+    assert "encode it again with this tokenizer" in _invoke("eval", run_dir, "--data", token_files["valid"]).output
+
+    _store_fingerprint(run_dir, tokenizer._legacy_fingerprint())
+    evaluated = _invoke("eval", run_dir, "--data", token_files["valid"], "--device", "cpu")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output.strip().splitlines()[-1])["iteration"] == 4
+    load_model_and_tokenizer(run_dir)  # the sampler's loader checks the fingerprint too
+    resumed = _invoke("resume", run_dir)
+    assert resumed.exit_code == 0, resumed.output
+    assert read_checkpoint(run_dir / "checkpoints" / "step_00000006.pt")["tokenizer_fingerprint"] == \
+        tokenizer.fingerprint()
 
 
 def test_download_from_an_unreachable_server_is_a_clear_error(tmp_path):

@@ -234,6 +234,22 @@ class Tokenizer:
         digest.update(json.dumps(self.special_tokens).encode())
         return digest.hexdigest()[:16]
 
+    def has_fingerprint(self, fingerprint: str) -> bool:
+        """Whether `fingerprint` is this tokenizer's: today's `fingerprint()`, or the older form of the same hash
+        that checkpoints saved before token-file format v2 store (so those checkpoints still load)."""
+        return fingerprint == self.fingerprint() or fingerprint == self._legacy_fingerprint()
+
+    def _legacy_fingerprint(self) -> str:
+        # The fingerprint before token-file format v2: every token and merge formatted as text, then hashed.
+        # Four times slower than today's, so it is computed only to recognize a fingerprint stored back then.
+        digest = hashlib.sha256()
+        for token_id, token in sorted(self.vocab.items()):
+            digest.update(f"{token_id}:{token.hex()};".encode())
+        for left, right in self.merges:
+            digest.update(f"{left.hex()}+{right.hex()};".encode())
+        digest.update(json.dumps(self.special_tokens).encode())
+        return digest.hexdigest()[:16]
+
     def __getstate__(self):
         # Only the definition travels to worker processes; caches are rebuilt there.
         return {"vocab": self.vocab, "merges": self.merges, "special_tokens": self.special_tokens}

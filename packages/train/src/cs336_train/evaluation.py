@@ -6,9 +6,9 @@ from cs336_nn import TransformerLM, perplexity
 from cs336_train import runtime
 from cs336_train.checkpoint import CheckpointDirectory, read_checkpoint
 from cs336_train.config import TrainConfig
-from cs336_train.data import open_tokens
+from cs336_train.data import open_tokens, tokenizer_fingerprint_of
 from cs336_train.errors import CheckpointError
-from cs336_train.trainer import evaluate
+from cs336_train.trainer import current_fingerprint, evaluate
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -32,7 +32,10 @@ def evaluate_checkpoint(checkpoint: str | Path, token_file: str | Path, device: 
     config = TrainConfig.from_dict(state["config"], [f"run.valid_batch_size={batch_size}"])
     model = TransformerLM(config.model, device=device)
     model.load_state_dict(state["model"])
-    tokens = open_tokens(token_file, config.model.vocab_size, state.get("tokenizer_fingerprint"))
+    expected = state.get("tokenizer_fingerprint")
+    if expected is not None and expected != tokenizer_fingerprint_of(token_file):
+        expected = current_fingerprint(expected, path.parent.parent)  # an older checkpoint: <run>/checkpoints/x.pt
+    tokens = open_tokens(token_file, config.model.vocab_size, expected)
     loss = evaluate(model, tokens, config, device)
     return {"checkpoint": str(path), "iteration": state["iteration"], "tokens": len(tokens), "loss": loss,
             "perplexity": perplexity(loss)}

@@ -133,14 +133,31 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> TrainConfig:
     return TrainConfig.from_toml(path, overrides)
 
 
-def _tokenizer_fingerprint(run_dir: Path) -> str | None:
+def _run_tokenizer(run_dir: Path) -> Tokenizer | None:
     directory = run_dir / "tokenizer"
     if not directory.is_dir():
         return None
     try:
-        return Tokenizer.load(directory).fingerprint()
+        return Tokenizer.load(directory)
     except BPEInputError as error:
         raise DataError(str(error)) from None
+
+
+def _tokenizer_fingerprint(run_dir: Path) -> str | None:
+    tokenizer = _run_tokenizer(run_dir)
+    return tokenizer.fingerprint() if tokenizer is not None else None
+
+
+def current_fingerprint(stored: str | None, run_dir: Path) -> str | None:
+    """A tokenizer fingerprint stored in a checkpoint of `run_dir`, in today's form.
+
+    Checkpoints saved before cs336-bpe's token-file format v2 store an older form of the same hash; the run's
+    saved tokenizer, if it recognizes it, gives today's. Anything else comes back as it was.
+    """
+    tokenizer = _run_tokenizer(run_dir) if stored is not None else None
+    if tokenizer is not None and tokenizer.has_fingerprint(stored):
+        return tokenizer.fingerprint()
+    return stored
 
 
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, config: TrainConfig, device: torch.device,
@@ -194,7 +211,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Tra
     # Train and valid files must come from the run's tokenizer (when it has one) and from the same tokenizer.
     fingerprint = _tokenizer_fingerprint(run_dir) or tokenizer_fingerprint_of(config.data.train)
     if resume:
-        progress, sampler = _restore(checkpoints, config, model, optimizer, fingerprint, device)
+        progress, sampler = _restore(checkpoints, run_dir, config, model, optimizer, fingerprint, device)
     train_tokens = open_tokens(config.data.train, config.model.vocab_size, fingerprint)
     valid_tokens = open_tokens(config.data.valid, config.model.vocab_size, fingerprint)
     require_one_window(len(train_tokens), config.model.context_length)
@@ -325,7 +342,8 @@ def _optimizer_step(config, forward, optimizer, parameters, loss_fn, train_token
     return step_loss, grad_norm
 
 
-def _restore(checkpoints: CheckpointDirectory, config: TrainConfig, model, optimizer, fingerprint, device):
+def _restore(checkpoints: CheckpointDirectory, run_dir: Path, config: TrainConfig, model, optimizer, fingerprint,
+             device):
     latest = checkpoints.latest()
     if latest is None:
         raise CheckpointError(
@@ -339,7 +357,9 @@ def _restore(checkpoints: CheckpointDirectory, config: TrainConfig, model, optim
             f"checkpoint {str(latest)!r} was trained with a different configuration: {'; '.join(differences)}. "
             "Resume with the run's own config.toml, or start a new run"
         )
-    if fingerprint is not None and state.get("tokenizer_fingerprint") not in (None, fingerprint):
+    stored = state.get("tokenizer_fingerprint")
+    if fingerprint is not None and stored not in (None, fingerprint) and \
+            current_fingerprint(stored, run_dir) != fingerprint:
         raise CheckpointError(f"checkpoint {str(latest)!r} was trained with another tokenizer than the run's")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
