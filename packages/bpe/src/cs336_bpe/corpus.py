@@ -29,7 +29,7 @@ from cs336_bpe.chunk_workers import ChunkWorkers, chunk_path, claim_chunks, enco
 from cs336_bpe.chunking import check_text_file, chunk_spans
 from cs336_bpe.counting import PARALLEL_MIN_BYTES, default_num_workers
 from cs336_bpe.errors import BPEInputError
-from cs336_bpe.tokenizer import Tokenizer
+from cs336_bpe.tokenizer import MAX_ID, Tokenizer
 
 # v2: same layout as v1, but the tokenizer fingerprint is computed differently (faster); v1 files must be re-encoded.
 TOKEN_FILE_FORMAT = "cs336-tokens-v2"
@@ -38,7 +38,7 @@ ENCODE_CHUNK_BYTES = 4 << 20
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned integer type that holds every id: uint16 up to 65,536 tokens, else uint32."""
-    if vocab_size > 1 << 32:
+    if vocab_size > MAX_ID + 1:
         raise BPEInputError(
             f"the tokenizer's largest id is {vocab_size - 1:,}, which a uint32 token file cannot hold; "
             "renumber the vocabulary with ids below 4,294,967,296"
