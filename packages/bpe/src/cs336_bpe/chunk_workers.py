@@ -11,6 +11,8 @@ Two choices here are about speed on a small machine:
   two cores whenever it woke up to receive a result.
 - Results travel through files, not pipes. A worker sending a chunk's ids (hundreds of KB) through a pipe
   blocks until the main process reads them, and the main process is busy encoding its own chunk.
+- The processes share the words they run BPE on (`word_sharing`), so that a word met by several processes
+  goes through BPE once.
 
 Measured on the 4 MB TinyStories file with 2 processes, best of 12 alternating runs (BENCHMARKS.md): 0.212 s
 with a `multiprocessing.Pool` of two workers sending their results through pipes, 0.191 s like this.
@@ -28,6 +30,7 @@ import numpy as np
 from cs336_bpe.chunking import read_span
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.tokenizer import Tokenizer
+from cs336_bpe.word_sharing import WordExchange
 
 Span = tuple[int, int]
 
@@ -68,9 +71,15 @@ def write_chunk(scratch: Path, index: int, tokens: np.ndarray) -> None:
 
 
 def _work(tokenizer: Tokenizer, path: str, spans: list[Span], dtype: np.dtype, scratch: Path,
-          next_chunk: Synchronized, messages: multiprocessing.connection.Connection) -> None:
-    """A worker process: encode claimed chunks into `scratch`; send each one's index, or the error that stopped it."""
+          next_chunk: Synchronized, messages: multiprocessing.connection.Connection,
+          exchange: WordExchange | None, process_number: int) -> None:
+    """A worker process: encode claimed chunks into `scratch`; send each one's index, or the error that stopped it.
+
+    `exchange` is the tokenizer's own, inherited through fork: this process writes its log `process_number`.
+    """
     try:
+        if exchange is not None:
+            exchange.join(process_number)
         for index in claim_chunks(len(spans), next_chunk):
             write_chunk(scratch, index, encode_span(tokenizer, path, spans[index], dtype))
             messages.send(index)  # wakes the main process, which may be waiting for this very chunk
@@ -94,15 +103,20 @@ class ChunkWorkers:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
         self.next_chunk = context.Value("q", 0) if count else None
+        # Forked processes share the words they encode (see `word_sharing`); the main process is number 0.
+        self.tokenizer = tokenizer
+        self.exchange = WordExchange(count + 1, context) if count and context.get_start_method() == "fork" else None
         self._processes, self._messages, self._senders = [], [], []
-        for _ in range(count):
+        for process_number in range(1, count + 1):
             receiver, sender = context.Pipe(duplex=False)
             self._processes.append(context.Process(
-                target=_work, args=(tokenizer, path, spans, dtype, scratch, self.next_chunk, sender), daemon=True))
+                target=_work, args=(tokenizer, path, spans, dtype, scratch, self.next_chunk, sender, self.exchange,
+                                    process_number), daemon=True))
             self._messages.append(receiver)
             self._senders.append(sender)
 
     def __enter__(self) -> "ChunkWorkers":
+        self.tokenizer.share_new_words(self.exchange)  # before the fork, so that the workers inherit it
         try:
             for process, sender in zip(self._processes, self._senders, strict=True):
                 process.start()
@@ -145,6 +159,9 @@ class ChunkWorkers:
                                    "(out of memory?)")
 
     def __exit__(self, exc_type, *_) -> None:
+        self.tokenizer.share_new_words(None)
+        if self.exchange is not None:
+            self.exchange.close()
         for process in self._processes:
             if process.pid is None:  # never started
                 continue

@@ -24,6 +24,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from cs336_bpe.pretokenize import (
     unmark_spaces,
 )
 from cs336_bpe.training import validate_special_tokens
+
+if TYPE_CHECKING:
+    from cs336_bpe.word_sharing import WordExchange
 
 VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 # Caches are cleared when they reach this many entries, bounding memory on endless streams of new words.
@@ -60,11 +64,18 @@ class _PretokenCache(dict):
     def __init__(self, bpe, id_typecode: str):
         super().__init__()
         self.bpe, self.id_typecode = bpe, id_typecode
+        self.exchange = None  # a `word_sharing.WordExchange` while several processes encode one file
 
     def __missing__(self, pretoken: str) -> bytes:
         if len(self) >= CACHE_MAX_ENTRIES:  # bounds memory on endless streams of new words
             self.clear()
+        if self.exchange is not None:
+            self.exchange.receive(self)
+            if pretoken in self:  # another process encoded it first
+                return self[pretoken]
         packed = self[pretoken] = array(self.id_typecode, self.bpe(pretoken.encode("utf-8"))).tobytes()
+        if self.exchange is not None:
+            self.exchange.publish(pretoken, packed)
         return packed
 
 
@@ -203,6 +214,11 @@ class Tokenizer:
             json.dump(self.special_tokens, handle, ensure_ascii=False)
             handle.write("\n")
         return directory
+
+    def share_new_words(self, exchange: "WordExchange | None") -> None:
+        """Publish the pre-tokens this tokenizer runs BPE on, and before each BPE run take what other processes
+        have published (see `word_sharing`); None stops it. Used by `corpus.encode_file` while it runs."""
+        self._pretoken_cache.exchange = exchange
 
     @property
     def vocab_size(self) -> int:
