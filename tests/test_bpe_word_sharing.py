@@ -74,7 +74,7 @@ def test_only_whole_batches_are_seen_by_the_other_processes():
 
 
 def test_a_full_log_stops_sharing_and_nothing_else(tmp_path, fixtures_dir, owt_text, monkeypatch):
-    monkeypatch.setattr(word_sharing, "LOG_BYTES", 1000)  # room for a few batches only
+    monkeypatch.setattr(word_sharing, "LOG_BYTES", 4000)  # room for a few batches only
     exchange = WordExchange(2, FORK)
     _publish(exchange, 0, 100 * BATCH_ENTRIES)
     assert not exchange.publishing

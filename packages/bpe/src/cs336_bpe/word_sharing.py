@@ -30,7 +30,7 @@ import struct
 from multiprocessing.context import BaseContext
 
 LOG_BYTES = 8 << 20  # per process, about 400,000 entries; only the pages actually written take memory
-BATCH_ENTRIES = 16  # small enough that news arrives while it is still useful, large enough to be cheap
+BATCH_ENTRIES = 64  # small enough that news arrives while it is still useful, large enough to be cheap
 LOCK_TIMEOUT_SECONDS = 1.0  # a lock is held for microseconds; this long means its holder has died
 _USED = struct.Struct("<q")  # a log's first 8 bytes: how many bytes of batches follow
 _LENGTH = struct.Struct("<I")  # before each batch: its length
