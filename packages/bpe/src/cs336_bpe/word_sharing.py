@@ -29,7 +29,9 @@ import mmap
 import struct
 from multiprocessing.context import BaseContext
 
-LOG_BYTES = 8 << 20  # per process, about 400,000 entries; only the pages actually written take memory
+# All the logs together: about 800,000 entries. This also bounds what one `receive` can add to a cache (about
+# 100 MB as Python objects, at worst), however many processes there are. Only pages actually written take memory.
+SHARED_BYTES = 16 << 20
 BATCH_ENTRIES = 64  # small enough that news arrives while it is still useful, large enough to be cheap
 LOCK_TIMEOUT_SECONDS = 1.0  # a lock is held for microseconds; this long means its holder has died
 _USED = struct.Struct("<q")  # a log's first 8 bytes: how many bytes of batches follow
@@ -43,7 +45,8 @@ class WordExchange:
     """
 
     def __init__(self, num_processes: int, context: BaseContext):
-        self.memory = mmap.mmap(-1, LOG_BYTES * num_processes)  # anonymous and shared: forked children see it
+        self.log_bytes = SHARED_BYTES // num_processes
+        self.memory = mmap.mmap(-1, self.log_bytes * num_processes)  # anonymous and shared: forked children see it
         self.locks = [context.Lock() for _ in range(num_processes)]
         self.num_processes = num_processes
         self.read_upto = [0] * num_processes  # bytes of each log already read
@@ -59,7 +62,7 @@ class WordExchange:
     def receive(self, cache: dict[str, bytes]) -> None:
         """Add to `cache` every entry the other processes have published since the last call."""
         for index in self.others:
-            base = index * LOG_BYTES
+            base = index * self.log_bytes
             start = self.read_upto[index]
             if _USED.unpack_from(self.memory, base)[0] == start:  # nothing new (read without the lock: a hint)
                 continue
@@ -88,7 +91,7 @@ class WordExchange:
             return
         batch = marshal.dumps(self.pending)
         self.pending = {}
-        base = self.own * LOG_BYTES
+        base = self.own * self.log_bytes
         if not self.locks[self.own].acquire(timeout=LOCK_TIMEOUT_SECONDS):
             self.publishing = False  # a reader died holding the lock
             return
@@ -96,7 +99,7 @@ class WordExchange:
             used = _USED.unpack_from(self.memory, base)[0]
             start = base + _USED.size + used
             end = start + _LENGTH.size + len(batch)
-            if end > base + LOG_BYTES:  # the log is full
+            if end > base + self.log_bytes:  # the log is full
                 self.publishing = False
                 return
             _LENGTH.pack_into(self.memory, start, len(batch))
