@@ -53,13 +53,29 @@ def tiktoken_gpt2(fixtures_dir):
     )
 
 
-@pytest.fixture(scope="session")
-def gpt2_tokenizer(fixtures_dir):
+def _load_gpt2_tokenizer(fixtures_dir: Path):
     from cs336_bpe import Tokenizer
 
     return Tokenizer.from_files(
         fixtures_dir / "gpt2_vocab.json", fixtures_dir / "gpt2_merges.txt", special_tokens=["<|endoftext|>"]
     )
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(fixtures_dir):
+    """One GPT-2 tokenizer for the whole session (its caches warm up as the tests use it)."""
+    return _load_gpt2_tokenizer(fixtures_dir)
+
+
+@pytest.fixture
+def fresh_gpt2_tokenizer(fixtures_dir):
+    """Makes GPT-2 tokenizers with empty caches, for tests where the first sight of a word matters."""
+    return lambda: _load_gpt2_tokenizer(fixtures_dir)
+
+
+@pytest.fixture(scope="session")
+def owt_text(data_dir) -> str:
+    return (data_dir / "owt" / "owt_valid_sample.txt").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="session")

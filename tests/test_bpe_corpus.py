@@ -13,11 +13,6 @@ from cs336_bpe.chunk_workers import claim_chunks
 from cs336_bpe.corpus import encode_file, open_token_file, token_dtype
 
 
-@pytest.fixture(scope="module")
-def owt_text(data_dir) -> str:
-    return (data_dir / "owt" / "owt_valid_sample.txt").read_text(encoding="utf-8")
-
-
 @pytest.mark.parametrize("num_workers", [1, 2, 3])
 def test_encoded_file_equals_encode(tmp_path, owt_text, gpt2_tokenizer, num_workers):
     big = tmp_path / "big.txt"

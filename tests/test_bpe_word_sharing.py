@@ -13,19 +13,9 @@ from cs336_bpe.word_sharing import BATCH_ENTRIES, WordExchange
 FORK = multiprocessing.get_context("fork")
 
 
-@pytest.fixture(scope="module")
-def owt_text(data_dir) -> str:
-    return (data_dir / "owt" / "owt_valid_sample.txt").read_text(encoding="utf-8")
-
-
-def fresh_gpt2_tokenizer(fixtures_dir) -> Tokenizer:
-    """Empty caches (the shared `gpt2_tokenizer` fixture has seen the corpora already)."""
-    return Tokenizer.from_files(fixtures_dir / "gpt2_vocab.json", fixtures_dir / "gpt2_merges.txt",
-                                special_tokens=["<|endoftext|>"])
-
-
 @pytest.mark.parametrize("num_workers", [2, 3])
-def test_each_new_word_goes_through_bpe_about_once(tmp_path, fixtures_dir, owt_text, monkeypatch, num_workers):
+def test_each_new_word_goes_through_bpe_about_once(tmp_path, fresh_gpt2_tokenizer, owt_text, monkeypatch,
+                                                  num_workers):
     # Every process counts its BPE runs in one shared counter. Without sharing, each process would meet most of
     # the sample's words (the file repeats it 8 times): 2.4-2.8 runs per distinct pre-token with 3 processes.
     runs = FORK.Value("q", 0)
@@ -37,7 +27,7 @@ def test_each_new_word_goes_through_bpe_about_once(tmp_path, fixtures_dir, owt_t
         return bpe(self, token_bytes)
 
     monkeypatch.setattr(Tokenizer, "_bpe", counting_bpe)
-    tokenizer = fresh_gpt2_tokenizer(fixtures_dir)
+    tokenizer = fresh_gpt2_tokenizer()
     source = tmp_path / "big.txt"
     source.write_text(owt_text * 8, encoding="utf-8")
     encode_file(tokenizer, source, tmp_path / "out.bin", num_workers=num_workers)
@@ -45,10 +35,10 @@ def test_each_new_word_goes_through_bpe_about_once(tmp_path, fixtures_dir, owt_t
     distinct = len(set(PRETOKEN_RE.findall(owt_text)))
     assert distinct <= runs.value < 1.5 * distinct  # a word is run twice only if two processes meet it at once
     monkeypatch.undo()
-    expected = fresh_gpt2_tokenizer(fixtures_dir).encode(owt_text * 8)
+    expected = fresh_gpt2_tokenizer().encode(owt_text * 8)
     assert np.fromfile(tmp_path / "out.bin", dtype="<u2").tolist() == expected
     # The caller's tokenizer no longer shares (the exchange is closed), and words it has never seen still encode.
-    assert tokenizer.encode(" Zyzzyvas quokka") == fresh_gpt2_tokenizer(fixtures_dir).encode(" Zyzzyvas quokka")
+    assert tokenizer.encode(" Zyzzyvas quokka") == fresh_gpt2_tokenizer().encode(" Zyzzyvas quokka")
 
 
 def _publish(exchange: WordExchange, process_number: int, count: int) -> None:
@@ -73,7 +63,7 @@ def test_only_whole_batches_are_seen_by_the_other_processes():
     exchange.close()
 
 
-def test_a_full_log_stops_sharing_and_nothing_else(tmp_path, fixtures_dir, owt_text, monkeypatch):
+def test_a_full_log_stops_sharing_and_nothing_else(tmp_path, fresh_gpt2_tokenizer, owt_text, monkeypatch):
     monkeypatch.setattr(word_sharing, "SHARED_BYTES", 8000)  # room for a few batches in each of the 2 logs
     exchange = WordExchange(2, FORK)
     _publish(exchange, 0, 100 * BATCH_ENTRIES)
@@ -87,8 +77,8 @@ def test_a_full_log_stops_sharing_and_nothing_else(tmp_path, fixtures_dir, owt_t
 
     source = tmp_path / "big.txt"
     source.write_text(owt_text * 8, encoding="utf-8")
-    encode_file(fresh_gpt2_tokenizer(fixtures_dir), source, tmp_path / "out.bin", num_workers=2)
-    expected = fresh_gpt2_tokenizer(fixtures_dir).encode(owt_text * 8)
+    encode_file(fresh_gpt2_tokenizer(), source, tmp_path / "out.bin", num_workers=2)
+    expected = fresh_gpt2_tokenizer().encode(owt_text * 8)
     assert np.fromfile(tmp_path / "out.bin", dtype="<u2").tolist() == expected
 
 

@@ -47,8 +47,7 @@ class WordExchange:
     def __init__(self, num_processes: int, context: BaseContext):
         self.log_bytes = SHARED_BYTES // num_processes
         self.memory = mmap.mmap(-1, self.log_bytes * num_processes)  # anonymous and shared: forked children see it
-        self.locks = [context.Lock() for _ in range(num_processes)]
-        self.num_processes = num_processes
+        self.locks = [context.Lock() for _ in range(num_processes)]  # one per log
         self.read_upto = [0] * num_processes  # bytes of each log already read
         self.pending: dict[str, bytes] = {}  # entries waiting for a full batch
         self.publishing = True  # until the log is full, or its lock is lost
@@ -57,7 +56,7 @@ class WordExchange:
     def join(self, index: int) -> None:
         """From now on this process writes log `index` and reads the others."""
         self.own = index
-        self.others = [other for other in range(self.num_processes) if other != index]
+        self.others = [other for other in range(len(self.locks)) if other != index]
 
     def receive(self, cache: dict[str, bytes]) -> None:
         """Add to `cache` every entry the other processes have published since the last call."""
