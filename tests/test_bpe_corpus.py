@@ -108,7 +108,7 @@ def test_worker_reports_its_error_to_the_main_process(tmp_path, gpt2_tokenizer):
     receiver, sender = multiprocessing.Pipe(duplex=False)
     with pytest.raises(SystemExit):
         chunk_workers._work(gpt2_tokenizer, str(source), [(0, 5), (5, 11)], np.dtype("<u2"), tmp_path,
-                            multiprocessing.Value("q", 0), sender, None, 1)
+                            multiprocessing.Value("q", 0), sender, None, 1, None)
     finished_chunk, error = receiver.recv(), receiver.recv()
     assert finished_chunk == 0
     assert isinstance(error, BPEInputError) and "byte 0xfe at offset 10" in str(error)
@@ -117,7 +117,7 @@ def test_worker_reports_its_error_to_the_main_process(tmp_path, gpt2_tokenizer):
     receiver, sender = multiprocessing.Pipe(duplex=False)
     with pytest.raises(SystemExit):  # any other failure arrives as a RuntimeError that names it
         chunk_workers._work(gpt2_tokenizer, str(source), [(0, 5)], np.dtype("<u2"), tmp_path / "missing",
-                            multiprocessing.Value("q", 0), sender, None, 1)
+                            multiprocessing.Value("q", 0), sender, None, 1, None)
     error = receiver.recv()
     assert isinstance(error, RuntimeError) and "FileNotFoundError" in str(error)
 

@@ -1,10 +1,14 @@
 """Write files so that a crash never leaves a half-written output behind.
 
 We write to a temporary file in the destination's directory, flush and fsync it, then `os.replace` it over the
-destination. `os.replace` is atomic on POSIX and Windows, so readers see either the old file or the new one.
-If anything fails (an exception, Ctrl-C), the temporary file is deleted and the destination is untouched.
+destination, and fsync the directory, which holds the name. `os.replace` is atomic on POSIX and Windows, so
+readers see either the old file or the new one. If anything fails (an exception, Ctrl-C), the temporary file is
+deleted and the destination is untouched. A process killed outright (SIGKILL) runs no cleanup: its
+``.NAME.<random>.partial`` stays, and the next `corpus.encode_file` to the same output removes it (see
+`writer_lock`).
 """
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -53,3 +57,24 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         # BaseException on purpose: Ctrl-C (KeyboardInterrupt) must also leave no partial file.
         Path(temporary_name).unlink(missing_ok=True)
         raise
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flush a directory's entries to disk, so that a rename in it survives a power cut.
+
+    fsync on a file saves its bytes, but its name lives in the directory: without this, after a power cut the
+    name could still point to the old file (or, for a new output, to nothing). Where a directory cannot be
+    opened (Windows) or fsynced (some filesystems), there is nothing more to do.
+    """
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(descriptor)

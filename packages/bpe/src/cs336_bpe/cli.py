@@ -126,7 +126,8 @@ def encode(tokenizer_dir, input_path, output_path, workers, progress):
     tokenizer = Tokenizer.load(tokenizer_dir)
     progress_bar = _Progress(progress)
     try:
-        metadata = encode_file(tokenizer, input_path, output_path, workers, on_progress=progress_bar)
+        metadata = encode_file(tokenizer, input_path, output_path, workers, on_progress=progress_bar,
+                               on_note=lambda note: click.echo(f"note: {note}", err=True))
     finally:
         progress_bar.close()
     seconds = time.perf_counter() - started

@@ -11,10 +11,12 @@ Output, for ``encode_file(tokenizer, "train.txt", "train.bin")``:
 The file is processed in chunks cut at special tokens (see `chunking`), encoded in parallel by several
 processes (see `chunk_workers`) and written in order, so memory stays bounded by a few chunks whatever the file
 size. Output goes to a temporary name and is renamed only when complete: an interrupted run leaves no partial
-``.bin`` (and no scratch files) behind.
+``.bin`` (and no scratch files) behind. A run killed outright (SIGKILL runs no cleanup code) does leave its
+scratch files; the next run to the same output removes them (see `writer_lock`).
 """
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,10 +32,15 @@ from cs336_bpe.chunking import check_text_file, chunk_spans
 from cs336_bpe.counting import PARALLEL_MIN_BYTES, default_num_workers
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.tokenizer import MAX_ID, Tokenizer
+from cs336_bpe.writer_lock import exclusive_writer, scratch_directory_prefix
 
 # v2: same layout as v1, but the tokenizer fingerprint is computed differently (faster); v1 files must be re-encoded.
 TOKEN_FILE_FORMAT = "cs336-tokens-v2"
 ENCODE_CHUNK_BYTES = 4 << 20
+REQUIRED_FIELDS = ("format", "dtype", "num_tokens", "vocab_size", "tokenizer_fingerprint")
+TOKEN_DTYPES = ("uint16", "uint32")  # what `token_dtype` writes; any other type would read the ids wrongly
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_RECREATE = "re-create it with `cs336-bpe encode`"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -96,11 +103,14 @@ def encode_file(
     output_path: str | os.PathLike,
     num_workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> dict:
     """Encode `input_path` to `output_path` (+ ``.json`` metadata); returns the metadata.
 
     `num_workers` processes encode, the main process being one of them (default: one per core).
-    `on_progress(bytes_done, bytes_total)` is called as chunks are written.
+    `on_progress(bytes_done, bytes_total)` is called as chunks are written. `on_note(line)` hears what the
+    caller should know but is no error: that the scratch files of a killed earlier run were removed (by
+    default it goes to the ``cs336_bpe.corpus`` logger: on stderr, unless logging is configured otherwise).
     """
     input_path, output_path = os.fspath(input_path), Path(output_path)
     file_size = check_text_file(input_path)
@@ -113,9 +123,24 @@ def encode_file(
                         tokenizer.special_tokens)
 
     ensure_writable_directory(output_path.parent)
+    # A writer killed by SIGKILL leaves its scratch files behind; the lock tells us its writer is dead (see
+    # `writer_lock`), and refuses a second live writer of the same output.
+    with exclusive_writer(output_path, metadata_path(output_path)) as removed:
+        if removed:
+            note = on_note or logging.getLogger(__name__).warning
+            megabytes = sum(size for _, size in removed) / 1e6
+            note(f"removed {len(removed)} leftover file(s) ({megabytes:.1f} MB) of an earlier encode to "
+                 f"{str(output_path)!r} that was killed before it could clean up")
+        return _encode_spans(tokenizer, input_path, spans, dtype, output_path, num_workers, on_progress)
+
+
+def _encode_spans(tokenizer: Tokenizer, input_path: str, spans: list[tuple[int, int]], dtype: np.dtype,
+                  output_path: Path, num_workers: int, on_progress: Callable[[int, int], None] | None) -> dict:
+    """Encode the spans of the input in `num_workers` processes, into the token file and then its metadata."""
+    file_size = spans[-1][1]  # the spans cover the whole file
     # The workers are joined last, when leaving the outer block: they exit while we finish writing the files.
     with (
-        tempfile.TemporaryDirectory(dir=output_path.parent, prefix=f".{output_path.name}.chunks-") as scratch,
+        tempfile.TemporaryDirectory(dir=output_path.parent, prefix=scratch_directory_prefix(output_path)) as scratch,
         ChunkWorkers(num_workers - 1, tokenizer, input_path, spans, dtype, Path(scratch)) as workers,
     ):
         with atomic_write(output_path, "wb") as handle:
@@ -148,7 +173,11 @@ def encode_file(
 
 
 def read_token_metadata(token_path: str | os.PathLike) -> dict:
-    """The metadata written beside a token file; a clear error if it is missing or malformed."""
+    """The metadata written beside a token file, checked field by field; a clear error if anything is off.
+
+    A hand-edited or damaged metadata file must not become a traceback, nor, worse, a token file read with the
+    wrong type (a "float16" file is still 2 bytes a token: the trainer would train on garbage and exit 0).
+    """
     path = metadata_path(token_path)
     if not path.exists():
         raise BPEInputError(
@@ -157,18 +186,50 @@ def read_token_metadata(token_path: str | os.PathLike) -> dict:
         )
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise BPEInputError(f"metadata file {str(path)!r} is not valid JSON ({error}); re-run the encoding") from None
-    if metadata.get("format") == "cs336-tokens-v1":
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BPEInputError(f"metadata file {str(path)!r} is not valid UTF-8 JSON ({error}); {_RECREATE}") from None
+    except OSError as error:  # e.g. a directory by that name
+        raise BPEInputError(f"cannot read metadata file {str(path)!r} ({error.strerror}); {_RECREATE}") from None
+    if isinstance(metadata, dict) and metadata.get("format") == "cs336-tokens-v1":
         raise BPEInputError(
             f"token file {os.fspath(token_path)!r} was written by an older cs336-bpe (format cs336-tokens-v1), whose "
             "tokenizer fingerprints are computed differently; encode it again with `cs336-bpe encode`"
         )
-    if metadata.get("format") != TOKEN_FILE_FORMAT:
-        raise BPEInputError(
-            f"metadata file {str(path)!r} has format {metadata.get('format')!r}, expected {TOKEN_FILE_FORMAT!r}"
-        )
+    problem = _metadata_problem(metadata)
+    if problem is not None:
+        raise BPEInputError(f"metadata file {str(path)!r} {problem}; {_RECREATE}")
     return metadata
+
+
+def _metadata_problem(metadata) -> str | None:
+    """What is wrong with a token file's metadata, as the end of a sentence; None if nothing is."""
+    if not isinstance(metadata, dict):
+        return f"holds a JSON {_JSON_KINDS.get(type(metadata), 'value')} ({_shorten(metadata)}), not an object"
+    missing = [field for field in REQUIRED_FIELDS if field not in metadata]
+    if missing:
+        return f"is missing the field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"
+    if metadata["format"] != TOKEN_FILE_FORMAT:
+        return f"has format {_shorten(metadata['format'])}, expected {TOKEN_FILE_FORMAT!r}"
+    dtype = metadata["dtype"]
+    if dtype not in TOKEN_DTYPES:  # also refuses a non-string, which `in` compares without error
+        return f"has dtype {_shorten(dtype)}, but token files hold {' or '.join(TOKEN_DTYPES)} ids"
+    for field in ("num_tokens", "vocab_size"):
+        value = metadata[field]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:  # bool is an int in Python
+            return f"has {field} {_shorten(value)}, but it must be a non-negative integer"
+    if not isinstance(metadata["tokenizer_fingerprint"], str):
+        return f"has tokenizer_fingerprint {_shorten(metadata['tokenizer_fingerprint'])}, but it must be a string"
+    largest_id = metadata["vocab_size"] - 1
+    if largest_id > np.iinfo(dtype).max:
+        return (f"has dtype {dtype!r}, which cannot hold the ids of its vocab_size {metadata['vocab_size']} "
+                f"(up to {largest_id})")
+    return None
+
+
+def _shorten(value, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters: an error message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def open_token_file(token_path: str | os.PathLike, expected_fingerprint: str | None = None) -> np.ndarray:
