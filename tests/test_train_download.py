@@ -1,7 +1,10 @@
-"""cs336_train.download against a local HTTP server that can resume, ignore Range, drop connections and 404."""
+"""cs336_train.download against a local HTTP server that can resume, ignore Range, drop connections and 404,
+and announce (or not, or falsely) the size and SHA-256 of its files the way Hugging Face does."""
 
 import errno
 import gzip
+import hashlib
+import os
 import re
 import socket
 import threading
@@ -9,19 +12,45 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from cs336_train import download
+from cs336_train.cli import main
 from cs336_train.download import DATASETS, DownloadError, decompress_gzip, download_dataset, download_file
 
 TINYSTORIES_TRAIN = "/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt"
+TINYSTORIES_VALID = "/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt"
 OWT_TRAIN = "/datasets/stanford-cs336/owt-sample/resolve/main/owt_train.txt.gz"
 OWT_VALID = "/datasets/stanford-cs336/owt-sample/resolve/main/owt_valid.txt.gz"
+SMALL = "/data/small.txt"
+# The table as shipped, kept before the `pinned` fixture below swaps it for the test files' values.
+SHIPPED_PINS = getattr(download, "PINNED", None)
 
 
 def _text(seed: int, size: int) -> bytes:
     """Deterministic, non-repeating-looking bytes, so a byte in the wrong place shows."""
     line = b"".join(b"story %d line %d <|endoftext|>\n" % (seed, i) for i in range(size // 20 + 1))
     return line[:size]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tampered(data: bytes) -> bytes:
+    """The same number of bytes, one of them changed: only a hash tells them apart."""
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x20]) + data[middle + 1 :]
+
+
+# What the server holds. gzip with mtime=0, so that the archives (and their SHA-256) are the same every run.
+FILES = {
+    SMALL: _text(1, 300_000),
+    TINYSTORIES_TRAIN: _text(2, 50_000),
+    TINYSTORIES_VALID: _text(6, 30_000),
+    OWT_TRAIN: gzip.compress(_text(3, 80_000), mtime=0),
+    OWT_VALID: gzip.compress(_text(4, 20_000), mtime=0),
+}
 
 
 class FakeServer:
@@ -32,14 +61,29 @@ class FakeServer:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header) of every GET
         self.drop_after: dict[str, int] = {}  # path -> bytes sent before hanging up (once)
         self.ignore_range = False
+        # Like Hugging Face, announce each file's SHA-256 and size in X-Linked-Etag / X-Linked-Size ...
+        self.send_linked = True
+        # ... on the redirect only (Hugging Face's CDN, where the redirect leads, does not repeat them) ...
+        self.linked_only_on_redirect = False
+        # ... stating these (sha256, size) instead of the true ones, for a path: a server that contradicts a pin.
+        self.claims: dict[str, tuple[str, int]] = {}
+        self.send_content_length = True
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def send_linked_headers(self, path):
+                body = server.files.get(path)
+                if server.send_linked and body is not None:
+                    sha256, size = server.claims.get(path, (_sha256(body), len(body)))
+                    self.send_header("X-Linked-Etag", f'"{sha256}"')
+                    self.send_header("X-Linked-Size", str(size))
+
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range")))
                 if self.path.startswith("/redirect"):
                     self.send_response(302)
                     self.send_header("Location", self.path.removeprefix("/redirect"))
+                    self.send_linked_headers(self.path.removeprefix("/redirect"))
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -54,6 +98,8 @@ class FakeServer:
                     if start >= len(body):
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(body)}")
+                        if not server.linked_only_on_redirect:
+                            self.send_linked_headers(self.path)
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
@@ -62,7 +108,10 @@ class FakeServer:
                 else:
                     self.send_response(200)
                 payload = body[start:]
-                self.send_header("Content-Length", str(len(payload)))
+                if not server.linked_only_on_redirect:
+                    self.send_linked_headers(self.path)
+                if server.send_content_length:
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 cut = server.drop_after.pop(self.path, None)
                 # HTTP/1.0: returning closes the connection, so a cut-short body is a dropped connection.
@@ -81,13 +130,7 @@ class FakeServer:
 
 @pytest.fixture
 def server():
-    files = {
-        "/data/small.txt": _text(1, 300_000),
-        TINYSTORIES_TRAIN: _text(2, 50_000),
-        OWT_TRAIN: gzip.compress(_text(3, 80_000)),
-        OWT_VALID: gzip.compress(_text(4, 20_000)),
-    }
-    fake = FakeServer(files)
+    fake = FakeServer(FILES)
     fake.thread.start()
     yield fake
     fake.httpd.shutdown()
@@ -97,6 +140,14 @@ def server():
 @pytest.fixture(autouse=True)
 def no_retry_delay(monkeypatch):
     monkeypatch.setattr(download, "RETRY_DELAY_S", 0.0)
+
+
+@pytest.fixture(autouse=True)
+def pinned(monkeypatch):
+    """Pin the test files' sizes and SHA-256 in place of the real ones, as PINNED pins the course files."""
+    table = {Path(path).name: download.Pin(len(body), _sha256(body)) for path, body in FILES.items() if path != SMALL}
+    monkeypatch.setattr(download, "PINNED", table, raising=False)
+    return table
 
 
 def _quiet(messages: list[str]):
@@ -238,7 +289,10 @@ def test_owt_downloads_and_decompresses_each_gz_then_caches(server, tmp_path):
     assert paths == [tmp_path / "owt_train.txt", tmp_path / "owt_valid.txt"]
     assert paths[0].read_bytes() == _text(3, 80_000)
     assert paths[1].read_bytes() == _text(4, 20_000)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["owt_train.txt", "owt_valid.txt"]  # no .gz or temp
+    # no .gz or temp; each text has its record of verification
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "owt_train.txt", "owt_train.txt.sha256", "owt_valid.txt", "owt_valid.txt.sha256"
+    ]
 
     requests_before = len(server.requests)
     messages.clear()
@@ -261,7 +315,7 @@ def test_a_downloaded_gz_whose_decompression_was_interrupted_is_not_downloaded_a
     download_dataset("owt", tmp_path, splits=["valid"], base_url=server.url, log=_quiet([]))
     assert (tmp_path / "owt_valid.txt").read_bytes() == _text(4, 20_000)
     assert server.requests == []
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["owt_valid.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["owt_valid.txt", "owt_valid.txt.sha256"]
 
 
 def test_a_corrupt_gz_is_a_clear_error_and_leaves_no_half_file(tmp_path):
@@ -289,9 +343,196 @@ def test_the_registry_points_at_the_course_files():
     }
 
 
-def test_a_hand_placed_file_of_the_wrong_size_is_kept_with_a_warning(tmp_path):
-    (tmp_path / "TinyStoriesV2-GPT4-valid.txt").write_text("a few stories\n")
+
+# --- verification: sizes and SHA-256 ----------------------------------------------------------------------------
+
+
+def test_every_registry_file_has_its_published_size_and_sha256_pinned():
+    assert SHIPPED_PINS is not None, "download.PINNED is missing"
+    names = {file.filename for dataset in DATASETS.values() for file in dataset.files}
+    assert set(SHIPPED_PINS) == names
+    published = {  # the values of the Hugging Face LFS pointers (sources in download.py)
+        "TinyStoriesV2-GPT4-train.txt":
+            (2_227_753_162, "6418d412de72888f52b5142c761ac21a582f7d1166f0bfbdb5f03ccfdec90443"),
+        "TinyStoriesV2-GPT4-valid.txt":
+            (22_502_601, "6874bae9a4c1a4e7edcf0e53b86c17817e9cf881fc75ff2368da457b80c0585d"),
+        "owt_train.txt.gz": (4_591_240_837, "b19ae88cfbc4016b304c348522455fe38ebac48fffed955adcc7191a89e38ccf"),
+        "owt_valid.txt.gz": (111_785_382, "bc73db5da2f19c360836b9c8a88094e13346ec83798c2f40060be39135768c80"),
+    }
+    assert {name: (pin.size, pin.sha256) for name, pin in SHIPPED_PINS.items()} == published
+
+
+def test_a_20_byte_train_file_is_refused_before_any_byte_is_saved(server, tmp_path):
+    server.files[TINYSTORIES_TRAIN] = b"not the stories 20b\n"
+    server.send_linked = False  # a mirror that states nothing: the pinned size alone must catch it
+    with pytest.raises(DownloadError, match=r"size mismatch.*TinyStoriesV2-GPT4-train\.txt: 20 bytes announced.*"
+                                            r"50,000 bytes; nothing was downloaded"):
+        download_dataset("tinystories", tmp_path, splits=["train"], base_url=server.url, log=_quiet([]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_of_the_wrong_size_is_refused_and_its_bytes_kept_aside(server, tmp_path):
+    server.files[TINYSTORIES_TRAIN] = b"not the stories 20b\n"
+    server.send_linked = server.send_content_length = False  # the size shows only once the bytes are here
+    with pytest.raises(DownloadError, match=r"TinyStoriesV2-GPT4-train\.txt refused: 20 bytes arrived from .* "
+                                            r"the file has 50,000 bytes; the received bytes are kept in .*"
+                                            r"TinyStoriesV2-GPT4-train\.txt\.rejected\. Run the same command again"):
+        download_dataset("tinystories", tmp_path, splits=["train"], base_url=server.url, log=_quiet([]))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["TinyStoriesV2-GPT4-train.txt.rejected"]
+    assert (tmp_path / "TinyStoriesV2-GPT4-train.txt.rejected").read_bytes() == b"not the stories 20b\n"
+
+
+def test_a_tampered_file_of_the_right_size_is_refused_kept_aside_and_a_new_run_fetches_the_original(server, tmp_path):
+    original = server.files[TINYSTORIES_TRAIN]
+    server.files[TINYSTORIES_TRAIN] = _tampered(original)
+    server.send_linked = False  # a mirror that states nothing: the pinned SHA-256 alone must catch it
+    expected = rf"SHA-256 {_sha256(_tampered(original))}, but the file's is {_sha256(original)} \(pinned"
+    with pytest.raises(DownloadError, match=r"TinyStoriesV2-GPT4-train\.txt refused: .*" + expected):
+        download_dataset("tinystories", tmp_path, splits=["train"], base_url=server.url, log=_quiet([]))
+    final, rejected = tmp_path / "TinyStoriesV2-GPT4-train.txt", tmp_path / "TinyStoriesV2-GPT4-train.txt.rejected"
+    assert not final.exists() and not (tmp_path / "TinyStoriesV2-GPT4-train.txt.part").exists()
+    assert rejected.read_bytes() == _tampered(original)
+
+    server.files[TINYSTORIES_TRAIN] = original  # the mirror is fixed; the refused bytes stay for a look
+    download_dataset("tinystories", tmp_path, splits=["train"], base_url=server.url, log=_quiet([]))
+    assert final.read_bytes() == original
+    assert rejected.read_bytes() == _tampered(original)
+
+
+def test_the_right_files_pass_and_a_record_spares_the_next_run_the_hashing(server, tmp_path, monkeypatch):
     messages: list[str] = []
-    download_dataset("tinystories", tmp_path, splits=["valid"], base_url="http://127.0.0.1:9", log=messages.append)
-    assert "already downloaded" in messages[0]
-    assert "warning: it has 14 bytes, not the 22,502,601" in messages[1]
+    paths = download_dataset("tinystories", tmp_path, base_url=server.url, log=_quiet(messages))
+    assert [path.read_bytes() for path in paths] == [FILES[TINYSTORIES_TRAIN], FILES[TINYSTORIES_VALID]]
+    for path, served in zip(paths, (TINYSTORIES_TRAIN, TINYSTORIES_VALID)):
+        # sha256sum's own format, so that `sha256sum -c` can check the data directory by hand too
+        assert (tmp_path / f"{path.name}.sha256").read_text() == f"{_sha256(FILES[served])}  {path.name}\n"
+    assert sum("SHA-256 verified" in message for message in messages) == 2
+
+    def no_hashing(path, progress):
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(download, "_sha256_of", no_hashing)
+    messages.clear()
+    assert download_dataset("tinystories", tmp_path, base_url=server.url, log=_quiet(messages)) == paths
+    assert all("already downloaded" in message and "verified before" in message for message in messages)
+
+
+def test_a_tampered_file_already_under_the_final_name_is_detected_and_left_alone(server, tmp_path):
+    final = tmp_path / "TinyStoriesV2-GPT4-valid.txt"
+    original = FILES[TINYSTORIES_VALID]
+    final.write_bytes(_tampered(original))  # placed by hand: no record
+    not_published = rf"is already there but is not the published file: its SHA-256 is {_sha256(_tampered(original))}"
+    with pytest.raises(DownloadError, match=not_published + r".*move it away"):
+        download_dataset("tinystories", tmp_path, splits=["valid"], base_url=server.url, log=_quiet([]))
+    assert final.read_bytes() == _tampered(original)  # the user's file: reported, not moved or deleted
+    assert server.requests == []
+
+    final.unlink()
+    download_dataset("tinystories", tmp_path, splits=["valid"], base_url=server.url, log=_quiet([]))
+    final.write_bytes(_tampered(original))  # changed after it was verified
+    record = tmp_path / "TinyStoriesV2-GPT4-valid.txt.sha256"
+    os.utime(record, ns=(0, final.stat().st_ctime_ns - 60 * 10**9))  # as if the record were written a minute before
+    with pytest.raises(DownloadError, match=not_published):
+        download_dataset("tinystories", tmp_path, splits=["valid"], base_url=server.url, log=_quiet([]))
+
+
+def test_a_hand_placed_file_of_the_wrong_size_is_refused_without_hashing_or_network(tmp_path, monkeypatch):
+    monkeypatch.setitem(download.PINNED, "TinyStoriesV2-GPT4-valid.txt", SHIPPED_PINS["TinyStoriesV2-GPT4-valid.txt"])
+    (tmp_path / "TinyStoriesV2-GPT4-valid.txt").write_text("a few stories\n")
+    with pytest.raises(DownloadError, match=r"already there but has 14 bytes, not the 22,502,601 of the published"):
+        download_dataset("tinystories", tmp_path, splits=["valid"], base_url="http://127.0.0.1:9", log=_quiet([]))
+    assert (tmp_path / "TinyStoriesV2-GPT4-valid.txt").read_text() == "a few stories\n"
+
+
+def test_a_resumed_download_is_verified_over_the_whole_file(server, tmp_path):
+    original = FILES[TINYSTORIES_TRAIN]
+    damaged_start = b"X" * 1000 + original[1000:5000]  # an earlier run's .part, damaged on disk
+    (tmp_path / "TinyStoriesV2-GPT4-train.txt.part").write_bytes(damaged_start)
+    with pytest.raises(DownloadError, match=r"TinyStoriesV2-GPT4-train\.txt refused: the bytes .* have SHA-256"):
+        download_dataset("tinystories", tmp_path, splits=["train"], base_url=server.url, log=_quiet([]))
+    assert server.ranges(TINYSTORIES_TRAIN) == ["bytes=5000-"]  # only the rest was fetched, yet all was checked
+    assert (tmp_path / "TinyStoriesV2-GPT4-train.txt.rejected").read_bytes() == damaged_start + original[5000:]
+    assert not (tmp_path / "TinyStoriesV2-GPT4-train.txt").exists()
+
+    download_dataset("tinystories", tmp_path, splits=["train"], base_url=server.url, log=_quiet([]))
+    assert (tmp_path / "TinyStoriesV2-GPT4-train.txt").read_bytes() == original
+    assert server.ranges(TINYSTORIES_TRAIN) == ["bytes=5000-", None]  # afresh, not on top of the refused bytes
+
+
+def test_a_gz_is_verified_before_it_is_decompressed(server, tmp_path):
+    impostor = gzip.compress(_text(99, 20_000), mtime=0)  # a valid archive, of other text
+    server.files[OWT_VALID] = impostor
+    server.send_linked = server.send_content_length = False
+    with pytest.raises(DownloadError, match=r"owt_valid\.txt\.gz refused: .* kept in .*owt_valid\.txt\.gz\.rejected"):
+        download_dataset("owt", tmp_path, splits=["valid"], base_url=server.url, log=_quiet([]))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["owt_valid.txt.gz.rejected"]  # nothing decompressed
+
+    (tmp_path / "owt_valid.txt.gz").write_bytes(_tampered(FILES[OWT_VALID]))  # placed by hand, right size
+    with pytest.raises(DownloadError, match=r"owt_valid\.txt\.gz is already there but is not the published file"):
+        download_dataset("owt", tmp_path, splits=["valid"], base_url=server.url, log=_quiet([]))
+    assert not (tmp_path / "owt_valid.txt").exists()
+    assert (tmp_path / "owt_valid.txt.gz").read_bytes() == _tampered(FILES[OWT_VALID])  # left alone
+
+    (tmp_path / "owt_valid.txt.gz").unlink()
+    server.files[OWT_VALID] = FILES[OWT_VALID]
+    [text_path] = download_dataset("owt", tmp_path, splits=["valid"], base_url=server.url, log=_quiet([]))
+    assert text_path.read_bytes() == _text(4, 20_000)
+    assert (tmp_path / "owt_valid.txt.sha256").read_text() == f"{_sha256(_text(4, 20_000))}  owt_valid.txt\n"
+
+
+def test_a_decompressed_file_placed_by_hand_cannot_be_verified_and_says_to_bring_the_gz(server, tmp_path):
+    (tmp_path / "owt_valid.txt").write_bytes(_text(4, 20_000))  # right text, but nothing shows it
+    with pytest.raises(DownloadError, match=r"owt_valid\.txt is already there but cannot be verified.*"
+                                            r"published SHA-256 is that of owt_valid\.txt\.gz: put owt_valid\.txt\.gz"):
+        download_dataset("owt", tmp_path, splits=["valid"], base_url=server.url, log=_quiet([]))
+    assert server.requests == []
+
+
+def test_without_a_pin_the_sha256_on_hugging_faces_redirect_verifies_the_file(server, tmp_path):
+    server.linked_only_on_redirect = True  # as on huggingface.co: the CDN's answer carries no X-Linked-*
+    dest = tmp_path / "small.txt"
+    download_file(f"{server.url}/redirect{SMALL}", dest, log=_quiet([]))
+    assert dest.read_bytes() == FILES[SMALL]
+    assert (tmp_path / "small.txt.sha256").read_text() == f"{_sha256(FILES[SMALL])}  small.txt\n"
+
+    server.files[SMALL] = _tampered(FILES[SMALL])  # the CDN serves other bytes than the hub announces
+    server.claims[SMALL] = (_sha256(FILES[SMALL]), len(FILES[SMALL]))
+    with pytest.raises(DownloadError, match=r"other\.txt refused: .*announced by the server \(X-Linked-Etag\)"):
+        download_file(f"{server.url}/redirect{SMALL}", tmp_path / "other.txt", log=_quiet([]))
+    assert (tmp_path / "other.txt.rejected").read_bytes() == _tampered(FILES[SMALL])
+
+
+def test_a_server_contradicting_the_pins_is_refused_before_downloading(server, tmp_path):
+    server.claims[TINYSTORIES_TRAIN] = (_sha256(b"something else"), len(FILES[TINYSTORIES_TRAIN]))
+    with pytest.raises(DownloadError, match=r"SHA-256 mismatch for .*train\.txt: the server announces "
+                                            rf"{_sha256(b'something else')} \(X-Linked-Etag\).*nothing was downloaded"):
+        download_dataset("tinystories", tmp_path, splits=["train"], base_url=server.url, log=_quiet([]))
+    server.claims[TINYSTORIES_TRAIN] = (_sha256(FILES[TINYSTORIES_TRAIN]), 12_345)
+    with pytest.raises(DownloadError, match=r"size mismatch .*: 12,345 bytes announced by the server "
+                                            r"\(X-Linked-Size\), but this file should have 50,000 bytes"):
+        download_dataset("tinystories", tmp_path, splits=["train"], base_url=server.url, log=_quiet([]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_with_no_sha256_pinned_or_announced_is_refused(server, tmp_path, monkeypatch):
+    server.send_linked = False
+    with pytest.raises(DownloadError, match=r"cannot verify .*small\.txt: no SHA-256 is pinned .* announced none"):
+        download_file(f"{server.url}{SMALL}", tmp_path / "small.txt", log=_quiet([]))
+    monkeypatch.delitem(download.PINNED, "TinyStoriesV2-GPT4-train.txt")
+    with pytest.raises(DownloadError, match=r"cannot verify .*TinyStoriesV2-GPT4-train\.txt"):
+        download_dataset("tinystories", tmp_path, splits=["train"], base_url=server.url, log=_quiet([]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_exits_1_with_one_line_on_a_tampered_file_and_0_on_the_original(server, tmp_path):
+    server.files[TINYSTORIES_TRAIN] = _tampered(FILES[TINYSTORIES_TRAIN])
+    server.send_linked = False
+    arguments = ["download", "tinystories", str(tmp_path), "--split", "train", "--base-url", server.url]
+    refused = CliRunner().invoke(main, arguments)
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert re.search(r"Error: TinyStoriesV2-GPT4-train\.txt refused: .*SHA-256.*\.rejected", refused.output)
+
+    server.files[TINYSTORIES_TRAIN] = FILES[TINYSTORIES_TRAIN]
+    accepted = CliRunner().invoke(main, arguments)
+    assert accepted.exit_code == 0, accepted.output
+    assert accepted.output.strip().endswith(str(tmp_path / "TinyStoriesV2-GPT4-train.txt"))
