@@ -8,12 +8,23 @@
 """
 
 from cs336_nn.accounting import (
+    ADAMW_FLOPS_PER_PARAMETER,
+    FORWARD_MATMULS,
+    GPT2_SHAPES,
+    H100_TF32_PEAK_FLOPS,
     ForwardFlops,
+    ParameterCount,
     TrainingMemory,
+    activation_counts,
+    adamw_step_flops,
     count_parameters,
     forward_flops,
+    gpt2_config,
+    parameter_count,
     training_flops_per_token,
     training_memory,
+    training_step_flops,
+    training_time_s,
 )
 from cs336_nn.activations import relu, silu, softmax
 from cs336_nn.attention import MultiHeadSelfAttention, causal_attention, causal_mask, scaled_dot_product_attention
@@ -30,7 +41,10 @@ from cs336_nn.transformer_lm import TransformerLM
 
 __all__ = [
     "ForwardFlops", "TrainingMemory", "count_parameters", "forward_flops", "training_flops_per_token",
-    "training_memory", "KVCache", "LayerKVCache", "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig",
+    "training_memory", "ADAMW_FLOPS_PER_PARAMETER", "FORWARD_MATMULS", "GPT2_SHAPES", "H100_TF32_PEAK_FLOPS",
+    "ParameterCount", "activation_counts", "adamw_step_flops", "gpt2_config", "parameter_count",
+    "training_step_flops", "training_time_s",
+    "KVCache", "LayerKVCache", "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig",
     "MultiHeadSelfAttention", "RMSNorm",
     "RotaryPositionalEmbedding", "SwiGLU", "TransformerBlock", "TransformerLM", "causal_attention", "causal_mask",
     "cross_entropy", "default_swiglu_d_ff", "perplexity", "relu", "scaled_dot_product_attention", "silu", "softmax",
