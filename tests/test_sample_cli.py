@@ -162,7 +162,7 @@ def write_bad_checkpoints(run_dir: Path, tmp_path: Path, tokenizer: Tokenizer) -
         "run without checkpoints": [tmp_path, "hi"],
         "garbage file": [garbage, "hi", "--tokenizer", tokenizer_dir],
         "not our format": [plain, "hi", "--tokenizer", tokenizer_dir],
-        "newer format": [save_checkpoint(tmp_path / "v2.pt", model, tokenizer, 1, format_version=2), "hi",
+        "newer format": [save_checkpoint(tmp_path / "v99.pt", model, tokenizer, 1, format_version=99), "hi",
                          "--tokenizer", tokenizer_dir],
         "missing tokenizer": [save_checkpoint(tmp_path / "lonely" / "c.pt", model, tokenizer, 1), "hi"],
         "fingerprint mismatch": [save_checkpoint(tmp_path / "fp.pt", model, other_tokenizer, 1), "hi",

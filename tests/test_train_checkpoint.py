@@ -11,7 +11,8 @@ import cs336_train.checkpoint as checkpoint_module
 from cs336_nn import ModelConfig, TransformerLM
 from cs336_optim import AdamW
 from cs336_train import CheckpointError, read_checkpoint, write_checkpoint
-from cs336_train.checkpoint import CheckpointDirectory, config_differences
+from cs336_train.checkpoint import config_differences
+from cs336_train.run_directory import RunDirectory
 from tests.adapters import run_load_checkpoint, run_save_checkpoint
 
 CONFIG = ModelConfig(vocab_size=50, context_length=8, d_model=16, num_layers=1, num_heads=2)
@@ -112,15 +113,15 @@ def test_corrupt_truncated_foreign_and_newer_files_are_clear_errors(tmp_path):
 
 
 def test_checkpoint_directory_keeps_the_last_n_and_the_best(tmp_path):
-    directory = CheckpointDirectory(tmp_path / "checkpoints", keep_last=2)
+    run = RunDirectory(tmp_path)
     losses = {10: 3.0, 20: 2.0, 30: 2.5, 40: None}
     for iteration, loss in losses.items():
-        directory.save({"model": {"w": torch.tensor([float(iteration)])}, "iteration": iteration},
-                       is_best=loss is not None and loss == min(v for v in losses.values() if v))
-    assert [path.name for path in directory.step_files()] == ["step_00000030.pt", "step_00000040.pt"]
-    assert directory.latest().name == "step_00000040.pt"
-    assert read_checkpoint(directory.directory / "best.pt")["iteration"] == 20  # survives its step file's pruning
-    assert not [name for name in os.listdir(directory.directory) if name.startswith(".")]
+        run.save_checkpoint({"model": {"w": torch.tensor([float(iteration)])}, "iteration": iteration},
+                            is_best=loss is not None and loss == min(v for v in losses.values() if v), keep_last=2)
+    assert [path.name for path in run.step_checkpoints()] == ["step_00000030.pt", "step_00000040.pt"]
+    assert run.choose().name == "step_00000040.pt"
+    assert read_checkpoint(run.checkpoints_dir / "best.pt")["iteration"] == 20  # survives its step file's pruning
+    assert not [name for name in os.listdir(run.checkpoints_dir) if name.startswith(".")]
 
 
 def test_config_differences_name_each_changed_setting():

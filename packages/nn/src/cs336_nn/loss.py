@@ -69,5 +69,14 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int | None = No
 
 
 def perplexity(mean_loss: float | Tensor) -> float:
-    """exp(mean cross-entropy in nats): the 'effective number of choices' per token."""
-    return math.exp(float(mean_loss))
+    """exp(mean cross-entropy in nats): the 'effective number of choices' per token.
+
+    A loss above ln(float max) ~ 709.8 nats (a diverged model) has no finite perplexity: inf, not an error.
+
+    >>> perplexity(0.0), perplexity(1000.0)
+    (1.0, inf)
+    """
+    try:
+        return math.exp(float(mean_loss))
+    except OverflowError:
+        return math.inf

@@ -1,21 +1,16 @@
 """Load a trained model and its tokenizer from a run directory or a checkpoint file (as `cs336-train` writes).
 
-A run directory:
+What a run directory holds, how its checkpoints are found and how a checkpoint file is verified are written
+once, in cs336-train (`cs336_train.run_directory`, `cs336_train.checkpoint`); this module only asks it:
 
-    RUN/checkpoints/step_00005000.pt   one per saved iteration (8 digits); the largest number is the newest
-    RUN/checkpoints/best.pt            optional: the lowest validation loss so far
-    RUN/tokenizer/                     the tokenizer (`cs336_bpe.Tokenizer.save`)
+    RUN/checkpoints/step_00005000.pt   the newest step checkpoint is used (best.pt when there is none)
+    RUN/tokenizer/                     the run's tokenizer
 
-A checkpoint is a `torch.save`d dict: "format" == "cs336-checkpoint", "format_version" (1), "iteration",
-"model" (the TransformerLM state dict), "config" (the run configuration; config["model"] is
-`ModelConfig.to_dict()`), "tokenizer_fingerprint" (`Tokenizer.fingerprint()`, or None) and training state we
-ignore here. It is read with weights_only=True: a checkpoint from elsewhere cannot run code on load.
-
-Every problem is a `SampleError` naming the file and what to do, because a wrong tokenizer does not crash:
-it silently produces nonsense text.
+A checkpoint is read with weights_only=True (it cannot run code on load) and its SHA-256 is checked, so a
+damaged file is refused instead of silently giving other text. Every problem is a `SampleError` naming the file
+and what to do, because a wrong tokenizer does not crash: it silently produces nonsense text.
 """
 
-import re
 from pathlib import Path
 
 import torch
@@ -23,10 +18,10 @@ import torch
 from cs336_bpe import BPEInputError, Tokenizer
 from cs336_nn import ModelConfig, TransformerLM
 from cs336_sample.errors import SampleError
-
-CHECKPOINT_FORMAT = "cs336-checkpoint"
-SUPPORTED_FORMAT_VERSION = 1
-STEP_CHECKPOINT_RE = re.compile(r"step_(\d+)\.pt")
+from cs336_train import CheckpointError, RunDirectory
+from cs336_train import read_checkpoint as read_verified_checkpoint
+from cs336_train.checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT_VERSION
+from cs336_train.checkpoint import NewerFormatError
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -37,35 +32,26 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise SampleError(f"{str(path)!r} does not exist; give a run directory (with checkpoints/ inside) or a "
                           "checkpoint file (.pt)")
-    checkpoint_dir = path / "checkpoints"
-    steps = sorted((int(match.group(1)), file) for file in checkpoint_dir.glob("step_*.pt")
-                   if (match := STEP_CHECKPOINT_RE.fullmatch(file.name)))
-    if steps:
-        return steps[-1][1]
-    if (checkpoint_dir / "best.pt").is_file():
-        return checkpoint_dir / "best.pt"
-    raise SampleError(f"{str(path)!r} is a directory without checkpoints: expected {checkpoint_dir}/step_*.pt; "
-                      "train first (cs336-train) or give a checkpoint file")
+    try:
+        return RunDirectory(path).choose()
+    except CheckpointError as error:
+        raise SampleError(f"{error}; or give a checkpoint file") from None
 
 
 def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
-    """The checkpoint's dict, checked for our format and a version we can read."""
+    """The checkpoint's dict, verified (format, version, SHA-256) by cs336-train, with the entries we need."""
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # unpickling arbitrary bytes can fail in almost any way (IndexError, KeyError ...)
-        raise SampleError(f"{str(path)!r} is not a readable checkpoint ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else 'empty'}); give a file written by "
-                          "cs336-train") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise SampleError(f"{str(path)!r} is not a cs336 checkpoint (no \"format\": {CHECKPOINT_FORMAT!r}); "
-                          "give a checkpoint written by cs336-train")
-    version = checkpoint.get("format_version")
-    if not isinstance(version, int) or version > SUPPORTED_FORMAT_VERSION:
-        raise SampleError(f"{str(path)!r} has checkpoint format version {version!r}, but this cs336-sample reads "
-                          f"up to version {SUPPORTED_FORMAT_VERSION}; upgrade cs336-sample")
-    for key in ("model", "config"):
-        if key not in checkpoint:
-            raise SampleError(f"{str(path)!r} has no {key!r} entry; it is incomplete, use another checkpoint")
+        checkpoint = read_verified_checkpoint(path, map_location=device)
+    except NewerFormatError as error:
+        raise SampleError(f"{str(path)!r} has checkpoint format version {error.version!r}, but this cs336-sample "
+                          f"reads up to version {CHECKPOINT_FORMAT_VERSION}; upgrade cs336-sample") from None
+    except CheckpointError as error:
+        raise SampleError(f"{str(path)!r} is not a readable checkpoint: {error}") from None
+    if checkpoint.get("format") is None:
+        raise SampleError(f"{str(path)!r} is not a cs336 checkpoint (no \"format\" tag); give a checkpoint "
+                          "written by cs336-train")
+    if "config" not in checkpoint:
+        raise SampleError(f"{str(path)!r} has no 'config' entry; it is incomplete, use another checkpoint")
     return checkpoint
 
 
@@ -90,7 +76,8 @@ def build_model(checkpoint: dict, path: Path, device: str | torch.device) -> Tra
 
 def load_tokenizer(checkpoint_path: Path, tokenizer_dir: str | Path | None) -> Tokenizer:
     """The tokenizer in `tokenizer_dir`, by default the run's: <checkpoint's parent's parent>/tokenizer."""
-    directory = Path(tokenizer_dir) if tokenizer_dir is not None else checkpoint_path.parent.parent / "tokenizer"
+    directory = (Path(tokenizer_dir) if tokenizer_dir is not None
+                 else RunDirectory(checkpoint_path.parent.parent).tokenizer_dir)
     if not directory.is_dir():
         raise SampleError(f"no tokenizer at {str(directory)!r}; pass the directory the tokenizer was saved in "
                           "(--tokenizer DIR in the CLI)")

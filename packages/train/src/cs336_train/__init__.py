@@ -4,17 +4,36 @@
     >>> overrides = ["data.train=train.bin", "data.valid=valid.bin"]
     >>> config = TrainConfig.from_toml("configs/tinystories_cpu.toml", overrides)  # doctest: +SKIP
     >>> result = train(config, "runs/first")                                      # doctest: +SKIP
+
+The names below are imported on first use (PEP 562 `__getattr__`), not when the package is imported: torch
+takes seconds to load, and `cs336-train --help`, or a Ctrl-C during start-up, should not wait for it.
 """
 
-from cs336_train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, write_checkpoint
-from cs336_train.config import DataConfig, OptimizerConfig, RunConfig, TrainConfig
-from cs336_train.data import get_batch, open_tokens, validation_batches
-from cs336_train.errors import CheckpointError, ConfigError, DataError, TrainError, TrainingDiverged
-from cs336_train.trainer import TrainResult, evaluate, learning_rate, train
+import importlib
 
-__all__ = [
-    "CheckpointError", "ConfigError", "DataConfig", "DataError", "OptimizerConfig", "RunConfig", "TrainConfig",
-    "TrainError", "TrainResult", "TrainingDiverged", "evaluate", "get_batch", "learning_rate", "load_checkpoint",
-    "open_tokens", "read_checkpoint", "save_checkpoint", "train", "validation_batches", "write_checkpoint",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "load_checkpoint": "checkpoint", "read_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "write_checkpoint": "checkpoint",
+    "DataConfig": "config", "OptimizerConfig": "config", "RunConfig": "config", "TrainConfig": "config",
+    "get_batch": "data", "open_tokens": "data", "validation_batches": "data",
+    "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors", "TrainError": "errors",
+    "TrainingDiverged": "errors",
+    "RunDirectory": "run_directory", "RunLockedError": "run_directory",
+    "TrainResult": "trainer", "evaluate": "trainer", "learning_rate": "trainer", "train": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cs336_train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"cs336_train.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

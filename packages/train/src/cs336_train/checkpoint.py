@@ -1,28 +1,35 @@
-"""Checkpoints (handout §5.2) that never lose a run.
+"""The checkpoint file (handout §5.2): one `torch.save` file that never loses a run and never lies about itself.
 
-A checkpoint is one `torch.save` file holding a dict:
+A checkpoint holds a dict:
 
-    format, format_version   "cs336-checkpoint", 1   (a newer version is refused, not misread)
+    format, format_version   "cs336-checkpoint", 2   (a newer version is refused, not misread)
+    sha256                   SHA-256 of everything below (see `content_sha256`): damage is detected on load
     iteration                optimizer steps done
     model, optimizer         state dicts (the model's keys are the course's names)
     config                   the whole resolved TrainConfig as a dict: a resume checks it still matches
     rng                      torch, numpy and python random states: a resumed run continues exactly
     data_state               the training-window sampler's state
-    best_val_loss, tokenizer_fingerprint, wall_s, tokens
+    progress, best_val_loss, valid_loss, tokenizer_fingerprint
 
-Safety, three ways:
-- Writes are atomic (temporary file, flush, fsync, rename): a crash or a full disk mid-save leaves the previous
-  checkpoint as it was.
+Safety, four ways:
+- Writes are atomic (temporary file, flush, fsync, rename, fsync of the directory): a crash or a full disk
+  mid-save leaves the previous checkpoint as it was, and at worst a hidden `.NAME.*.partial` that the next
+  `fit`/`resume` removes (`run_directory.py`).
+- Damage is detected before anything is used. torch.save writes a zip whose entries carry CRC-32s that
+  torch.load ignores; we check them first (a flipped bit is refused before unpickling can misbehave), then
+  recompute the SHA-256 of the loaded content and compare it with the stored one.
 - Loading uses `torch.load(weights_only=True)`, which rebuilds tensors and plain containers only and never runs
   code from the file (a plain `torch.load` unpickles arbitrary objects, so a checkpoint could run anything).
-- A run directory keeps the last N step checkpoints plus `best.pt` (lowest validation loss).
+- Version 1 files (before the SHA-256) still load: their CRC-32s are checked.
 """
 
 import errno
+import hashlib
 import io
 import os
 import pickle
-import re
+import shutil
+import zipfile
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -32,9 +39,8 @@ from cs336_bpe import atomic_write
 from cs336_train.errors import CheckpointError
 
 FORMAT = "cs336-checkpoint"
-FORMAT_VERSION = 1
-STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
-BEST_FILE = "best.pt"
+FORMAT_VERSION = 2
+CHECKSUM_KEY = "sha256"
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
@@ -54,31 +60,176 @@ def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.op
     return state["iteration"]
 
 
+def content_sha256(state: dict) -> str:
+    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes, every other value's repr.
+
+    The walk follows the dict's own order, which torch.save/torch.load keep, so the hash of a loaded state equals
+    the hash of the saved one exactly when nothing changed.
+
+    >>> content_sha256({"w": torch.zeros(2)}) == content_sha256({"w": torch.zeros(2)})
+    True
+    >>> content_sha256({"w": torch.zeros(2)}) == content_sha256({"w": torch.tensor([0.0, 1e-30])})
+    False
+    """
+    hasher = hashlib.sha256()
+    _hash_value(hasher, state)
+    return hasher.hexdigest()
+
+
+def _hash_value(hasher, value) -> None:
+    if isinstance(value, torch.Tensor):
+        data = value.detach().to("cpu").contiguous().reshape(-1)
+        hasher.update(f"tensor {data.dtype} {tuple(value.shape)}:".encode())
+        hasher.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    elif isinstance(value, dict):
+        hasher.update(f"dict {len(value)}:".encode())
+        for key, item in value.items():
+            _hash_value(hasher, key)
+            _hash_value(hasher, item)
+    elif isinstance(value, list | tuple):
+        hasher.update(f"{type(value).__name__} {len(value)}:".encode())
+        for item in value:
+            _hash_value(hasher, item)
+    else:  # int, float, str, bool, None: repr is exact (floats round-trip) and names the type's spelling
+        hasher.update(f"{type(value).__name__} {value!r};".encode())
+
+
 def write_checkpoint(state: dict, out: PathOrFile) -> None:
-    """Save `state` (plus the format tag) to `out`; a path is written atomically."""
-    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    """Save `state` (plus the format tag and its content hash) to `out`; a path is written atomically.
+
+    A write that fails for lack of space raises a CheckpointError saying so, however torch reports it (an
+    OSError, or a RuntimeError from its zip writer).
+    """
+    content = {key: value for key, value in state.items() if key not in ("format", "format_version", CHECKSUM_KEY)}
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, CHECKSUM_KEY: content_sha256(content), **content}
     if not isinstance(out, str | os.PathLike):
         torch.save(state, out)
         return
     try:
         with atomic_write(out, "wb") as handle:
             torch.save(state, handle)
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise CheckpointError(
-                f"the disk is full: checkpoint {os.fspath(out)!r} was not written (the previous checkpoints are "
-                "intact); free some space or lower run.keep_last, then resume"
-            ) from None
-        raise CheckpointError(f"cannot write checkpoint {os.fspath(out)!r}: {error}") from None
+    except (OSError, RuntimeError) as error:
+        if _disk_is_full(error, Path(out).parent, _size_estimate(state)):
+            raise DiskFullError(Path(out), _size_estimate(state)) from None
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"cannot write checkpoint {os.fspath(out)!r}: {first_line}") from None
+
+
+class DiskFullError(CheckpointError):
+    """The disk ran out of space while a checkpoint was written; nothing that was there before is touched."""
+
+    def __init__(self, path: Path, needed_bytes: int, kept: list[str] = ()):
+        self.path, self.needed_bytes = path, needed_bytes
+        free = _free_bytes(path.parent)
+        kept_text = f"kept: {', '.join(kept)}" if kept else "the previous checkpoints are intact"
+        super().__init__(
+            f"the disk is full: checkpoint {str(path)!r} was not written (it needs about {_megabytes(needed_bytes)}, "
+            f"{_megabytes(free)} free on the disk holding {str(path.parent)!r}); {kept_text}. Free some space or "
+            "lower run.keep_last, then `cs336-train resume`"
+        )
+
+    def with_kept(self, kept: list[str]) -> "DiskFullError":
+        return DiskFullError(self.path, self.needed_bytes, kept)
+
+
+def _disk_is_full(error: Exception, directory: Path, needed_bytes: int) -> bool:
+    # torch's zip writer turns a failed write into RuntimeError("[enforce fail at inline_container.cc] ...
+    # unexpected pos ..."), without the errno; so when the errno is missing we ask the disk itself.
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left" in str(error) or _free_bytes(directory) < needed_bytes
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return 0
+
+
+def _size_estimate(state: dict) -> int:
+    """Bytes of the tensors in `state`: close to the file size (the rest is a small pickle)."""
+    total = 0
+    stack = [state]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    return total
+
+
+def _megabytes(count: int) -> str:
+    """A size a person reads at a glance: 4.0 kB, 33.6 MB, 1.2 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count} bytes"
 
 
 def read_checkpoint(src: PathOrFile, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely (`weights_only=True`) and check its format; clear errors otherwise."""
+    """Load a checkpoint safely and check that it is whole; a CheckpointError naming the file otherwise.
+
+    Order matters: the zip's CRC-32s first (damage is caught before anything is unpickled), then
+    `torch.load(weights_only=True)`, then the format tag and version, then the stored SHA-256 of the content.
+    """
     name = os.fspath(src) if isinstance(src, str | os.PathLike) else getattr(src, "name", "<file object>")
-    if isinstance(src, str | os.PathLike) and not Path(src).is_file():
-        raise CheckpointError(f"checkpoint {name!r} does not exist")
+    if isinstance(src, str | os.PathLike):
+        if not Path(src).is_file():
+            raise CheckpointError(f"checkpoint {name!r} does not exist")
+        damaged = damaged_entry(src)
+        if damaged:
+            raise CheckpointError(f"checkpoint {name!r} is damaged ({damaged}); use an earlier one")
+    state = _unpickle(src, name, map_location)
+    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+        raise CheckpointError(f"{name!r} is not a checkpoint: it has no model state and iteration, so it is not a "
+                              "cs336 checkpoint written by cs336-train")
+    version = state.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise NewerFormatError(name, version)
+    if version >= 2:
+        stored = state.pop(CHECKSUM_KEY, None)
+        content = {key: value for key, value in state.items() if key not in ("format", "format_version")}
+        if stored is None or stored != content_sha256(content):
+            raise CheckpointError(
+                f"checkpoint {name!r} is damaged: its content does not match the SHA-256 stored in it; "
+                "use an earlier one"
+            )
+    return state
+
+
+class NewerFormatError(CheckpointError):
+    """A checkpoint written by a newer cs336-train, in a format this one cannot read."""
+
+    def __init__(self, name: str, version):
+        self.version = version
+        super().__init__(f"checkpoint {name!r} has format version {version!r}, newer than this cs336-train "
+                         f"understands ({FORMAT_VERSION}); upgrade cs336-train")
+
+
+def damaged_entry(path: str | os.PathLike) -> str | None:
+    """Why the zip container of `path` is damaged (a bad CRC-32, a broken header), or None if it is whole.
+
+    A file that does not start like a zip is left to torch.load to refuse (older torch formats are not zips).
+    """
     try:
-        state = torch.load(src, map_location=map_location, weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every entry and compares its CRC-32
+    except (OSError, EOFError) as error:
+        return f"unreadable: {error}"
+    except Exception as error:  # damaged headers fail in many ways: BadZipFile, struct.error, ValueError ...
+        with open(path, "rb") as handle:
+            looks_like_zip = handle.read(4) == b"PK\x03\x04"
+        return f"broken zip structure: {type(error).__name__}: {error}" if looks_like_zip else None
+    return f"the CRC-32 of its entry {bad!r} does not match its bytes" if bad else None
+
+
+def _unpickle(src: PathOrFile, name: str, map_location) -> object:
+    try:
+        return torch.load(src, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         message = str(error)
         if "GLOBAL" in message or "global" in message:  # the file names a function or class to call
@@ -89,18 +240,13 @@ def read_checkpoint(src: PathOrFile, map_location: str | torch.device = "cpu") -
             ) from None
         raise CheckpointError(f"checkpoint {name!r} is corrupt or truncated (not a torch.save file)") from None
     except (RuntimeError, EOFError, OSError, ValueError, io.UnsupportedOperation) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"checkpoint {name!r} is corrupt or truncated ({first_line}); use an earlier one") \
+            from None
+    except Exception as error:  # unpickling damaged bytes can fail in almost any way (IndexError, KeyError ...)
         raise CheckpointError(
-            f"checkpoint {name!r} is corrupt or truncated ({str(error).splitlines()[0]}); use an earlier one"
+            f"checkpoint {name!r} is corrupt ({type(error).__name__} while unpickling); use an earlier one"
         ) from None
-    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
-        raise CheckpointError(f"{name!r} is not a checkpoint: it has no model state and iteration")
-    version = state.get("format_version", FORMAT_VERSION)
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {name!r} has format version {version}, newer than this cs336-train understands "
-            f"({FORMAT_VERSION}); upgrade cs336-train"
-        )
-    return state
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -114,41 +260,3 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
                                  and list(old) == list(new)):
             differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
     return differences
-
-
-class CheckpointDirectory:
-    """`RUN/checkpoints/`: step_00000100.pt ... (the newest `keep_last` are kept) and best.pt."""
-
-    def __init__(self, directory: str | Path, keep_last: int):
-        self.directory = Path(directory)
-        self.keep_last = keep_last
-
-    def step_files(self) -> list[Path]:
-        """Step checkpoints, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(path for path in self.directory.iterdir() if STEP_FILE.match(path.name))
-
-    def latest(self) -> Path | None:
-        files = self.step_files()
-        return files[-1] if files else None
-
-    def save(self, state: dict, is_best: bool) -> Path:
-        path = self.directory / f"step_{state['iteration']:08d}.pt"
-        write_checkpoint(state, path)
-        if is_best:
-            self._link_best(path)
-        for old in self.step_files()[:-self.keep_last]:
-            old.unlink(missing_ok=True)
-        return path
-
-    def _link_best(self, path: Path) -> None:
-        # A hard link shares the bytes already written; the rename makes replacing best.pt atomic.
-        temporary = self.directory / f".{BEST_FILE}.partial"
-        temporary.unlink(missing_ok=True)
-        try:
-            os.link(path, temporary)
-        except OSError:  # file systems without hard links: copy the bytes instead
-            with atomic_write(temporary, "wb") as handle:
-                handle.write(path.read_bytes())
-        os.replace(temporary, self.directory / BEST_FILE)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import click
 
-from cs336_train.config import TrainConfig
-from cs336_train.errors import TrainError
-from cs336_train.trainer import Interrupted, TrainResult, load_run_config, train
+from cs336_train.errors import Interrupted, TrainError
+
+# Only click is imported here; each command imports what it needs (torch among it) inside `_friendly_errors`,
+# so that `--help` is instant and a Ctrl-C during start-up exits with 130 and one line, not a traceback.
 
 DEFAULT_CONFIG = Path("configs/tinystories_cpu.toml")
 override_option = click.option(
@@ -46,7 +47,7 @@ def _friendly_errors(command):
     return wrapper
 
 
-def _summary(result: TrainResult) -> None:
+def _summary(result) -> None:
     click.echo(
         f"done: {result.steps} steps, {result.tokens:,} tokens in {result.wall_s:.0f} s of training "
         f"(stopped by {result.stopped_by}); validation loss {result.valid_loss:.4f}; run directory {result.run_dir}",
@@ -71,21 +72,32 @@ def main():
 @_friendly_errors
 def fit(config_path: Path, out: Path | None, overrides: tuple[str, ...]):
     """Train a model from a TOML configuration (see configs/) on encoded token files."""
+    from cs336_train.config import TrainConfig
+    from cs336_train.trainer import train
+
     config = TrainConfig.from_toml(config_path, list(overrides))
     _summary(train(config, out or _default_out(config_path)))
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@override_option
+@click.option("--from", "resume_from", metavar="STEP|best|PATH", default=None,
+              help="The checkpoint to continue from: a step number, best, or a .pt file (default: the newest). "
+                   "Later step checkpoints are moved to checkpoints/superseded/, not deleted.")
+@click.option("--set", "overrides", multiple=True, metavar="run.KEY=VALUE",
+              help="Change a setting that does not change what is computed, e.g. --set run.time_budget_s=600 "
+                   "--set run.device=cpu (repeatable).")
 @_friendly_errors
-def resume(run_dir: Path, overrides: tuple[str, ...]):
-    """Continue the run in RUN_DIR from its newest checkpoint, exactly where it stopped.
+def resume(run_dir: Path, resume_from: str | None, overrides: tuple[str, ...]):
+    """Continue the run in RUN_DIR from its newest checkpoint (or --from another), exactly where it stopped.
 
-    Only settings that do not change what is computed may be overridden (e.g. run.time_budget_s, run.device).
+    Only settings that do not change what is computed may be overridden, e.g.
+    --set run.time_budget_s=600 or --set run.device=cpu.
     """
+    from cs336_train.trainer import load_run_config, train
+
     config = load_run_config(run_dir, list(overrides))
-    _summary(train(config, run_dir, resume=True))
+    _summary(train(config, run_dir, resume=True, resume_from=resume_from))
 
 
 @main.command(name="eval")
@@ -95,23 +107,38 @@ def resume(run_dir: Path, overrides: tuple[str, ...]):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Sequences per forward pass.")
+@click.option("--from", "which", metavar="STEP|best", default=None,
+              help="For a run directory: which checkpoint (default: the newest).")
 @_friendly_errors
-def eval_command(checkpoint: Path, token_file: Path, device: str, batch_size: int):
+def eval_command(checkpoint: Path, token_file: Path, device: str, batch_size: int, which: str | None):
     """Validation loss and perplexity of CHECKPOINT (a .pt file or a run directory) over a whole token file."""
     from cs336_train.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, token_file, device=device, batch_size=batch_size)
+    result = evaluate_checkpoint(checkpoint, token_file, device=device, batch_size=batch_size, which=which)
     click.echo(json.dumps(result))
 
 
 @main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
+@click.option("--preset", type=click.Choice(["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"]),
+              help="Instead of a CONFIG: the handout's transformer_accounting and adamw_accounting answers for "
+                   "this GPT-2 size.")
 @override_option
 @_friendly_errors
-def account(config_path: Path, overrides: tuple[str, ...]):
-    """Parameters, FLOPs and training memory of a configuration (no data needed)."""
-    from cs336_train.accounting_report import accounting_report
+def account(config_path: Path, preset: str | None, overrides: tuple[str, ...]):
+    """Parameters, FLOPs and training memory of a configuration (no data needed).
 
+    With --preset: the handout's written accounting problems for a GPT-2 size, computed (cs336_nn.accounting).
+    """
+    from cs336_train.accounting_report import accounting_report, handout_report
+    from cs336_train.config import TrainConfig
+
+    if preset:  # a CONFIG or --set given with it would be silently ignored, so they are refused
+        source = click.get_current_context().get_parameter_source("config_path")
+        if overrides or source is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--preset reports the handout's fixed GPT-2 shapes: give it without CONFIG or --set")
+        click.echo(handout_report(preset))
+        return
     values = TrainConfig.from_toml(config_path, list(overrides) + _placeholder_data(config_path))
     click.echo(accounting_report(values))
 
@@ -151,7 +178,8 @@ def plot(run_dirs: tuple[Path, ...], out_png: Path, smoothing: float, log_loss: 
 def download(dataset: str, dest: Path, splits: tuple[str, ...], base_url: str | None):
     """Download TinyStories V2 or the CS336 OpenWebText sample into DEST (default: data/).
 
-    Shows progress, resumes partial files, checks sizes and skips files already complete.
+    Shows progress, resumes partial files, checks every file's size and SHA-256 against the published ones
+    (refused bytes are kept as NAME.rejected) and skips files already complete and verified.
     """
     from cs336_train.download import download_dataset
 
@@ -170,6 +198,7 @@ def download(dataset: str, dest: Path, splits: tuple[str, ...], base_url: str | 
 @_friendly_errors
 def pipeline(train_text: Path, valid_text: Path, config_path: Path, out: Path | None, overrides: tuple[str, ...]):
     """Raw text to trained model: train a tokenizer, encode, train, evaluate and write samples."""
+    from cs336_train.config import TrainConfig
     from cs336_train.pipeline import run_pipeline
 
     config = TrainConfig.from_toml(config_path, list(overrides) + _placeholder_data(config_path))

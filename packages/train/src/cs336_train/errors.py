@@ -19,3 +19,11 @@ class CheckpointError(TrainError):
 
 class TrainingDiverged(TrainError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Interrupted(TrainError):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved first. The process exits with 128 + the signal number."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

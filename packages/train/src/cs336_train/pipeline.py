@@ -8,6 +8,7 @@
 The tokenizer's vocabulary size is the model's `model.vocab_size`, and `<|endoftext|>` is its special token.
 """
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from cs336_bpe import BPEInputError, Tokenizer, atomic_write, encode_file, train_bpe
 from cs336_train.config import TrainConfig
 from cs336_train.errors import ConfigError, DataError
+from cs336_train.run_directory import RunDirectory
 from cs336_train.trainer import TrainResult, train
 
 END_OF_TEXT = "<|endoftext|>"
@@ -23,15 +25,26 @@ SAMPLE_PROMPTS = ("Once upon a time", "The little dog", "Lily wanted to")
 
 def run_pipeline(config: TrainConfig, train_text: Path, valid_text: Path, run_dir: Path,
                  say: Callable[[str], None] = print, num_samples: int = len(SAMPLE_PROMPTS)) -> TrainResult:
-    run_dir = Path(run_dir).resolve()  # the saved config's data paths must not depend on the working directory
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise ConfigError(
-            f"{str(run_dir)!r} already holds a trained run; continue it with `cs336-train resume {run_dir}` or "
-            "choose another --out directory"
-        )
+    run = RunDirectory(Path(run_dir).resolve())  # the saved config's data paths must not depend on the cwd
+    if importlib.util.find_spec("cs336_sample") is None:
+        raise ConfigError('the pipeline ends by writing samples with cs336-sample, which is not installed: '
+                          'pip install "cs336-train[sample]"')
     for name, path in (("training", train_text), ("validation", valid_text)):
         if not Path(path).is_file():
             raise DataError(f"{name} text {str(path)!r} does not exist; give the path of a UTF-8 text file")
+    with run.lock() as lock_note:
+        if lock_note:
+            say(f"cs336-train: {lock_note}")
+        if run.has_checkpoints():
+            raise ConfigError(
+                f"{str(run.path)!r} already holds a trained run; continue it with `cs336-train resume {run.path}` "
+                "or choose another --out directory"
+            )
+        return _run_pipeline(config, train_text, valid_text, run.path, say, num_samples)
+
+
+def _run_pipeline(config: TrainConfig, train_text: Path, valid_text: Path, run_dir: Path,
+                  say: Callable[[str], None], num_samples: int) -> TrainResult:
     try:
         say(f"[1/4] training a {config.model.vocab_size}-token BPE tokenizer on {train_text}")
         vocab, merges = train_bpe(train_text, config.model.vocab_size, [END_OF_TEXT])

@@ -19,15 +19,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 
-from cs336_bpe import BPEInputError, Tokenizer, atomic_write
+from cs336_bpe import BPEInputError, Tokenizer
 from cs336_nn import TransformerLM, cross_entropy, perplexity, training_flops_per_token
 from cs336_nn.builtin import torch_cross_entropy
 from cs336_optim import clip_gradients, cosine_schedule, make_adamw, parameter_groups, wsd_schedule
 from cs336_train import distributed, runtime
-from cs336_train.checkpoint import CheckpointDirectory, config_differences, read_checkpoint
+from cs336_train.checkpoint import config_differences, read_checkpoint
 from cs336_train.config import TrainConfig
 from cs336_train.data import (
     open_tokens,
@@ -37,23 +38,19 @@ from cs336_train.data import (
     validation_batches,
     windows_at,
 )
-from cs336_train.errors import CheckpointError, ConfigError, DataError, TrainError, TrainingDiverged
+from cs336_train.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainError, TrainingDiverged
 from cs336_train.metrics import MetricsLog, start_wandb
+from cs336_train.run_directory import CONFIG_FILE, RunDirectory
 
 LOSS_FUNCTIONS = {"scratch": cross_entropy, "torch": torch_cross_entropy}
-CONFIG_FILE = "config.toml"
 SINGLE_PROCESS = distributed.Distributed()
+# What a checkpoint must hold for `resume` to continue exactly (the course hook's files hold only the first two).
+RESUME_KEYS = {"model": "the weights", "optimizer": "the optimizer state", "config": "the configuration",
+               "rng": "the random states", "data_state": "the data sampler's state",
+               "progress": "the step, token and clock counters"}
 # Settings a resume may change: they decide how the run is watched or executed, not what it computes.
 RESUMABLE_OVERRIDES = {"time_budget_s", "device", "wandb", "wandb_project", "log_interval", "eval_interval",
                        "checkpoint_interval", "keep_last", "num_threads", "compile", "peak_tflops"}
-
-
-class Interrupted(TrainError):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved first."""
-
-    def __init__(self, message: str, signal_number: int):
-        super().__init__(message)
-        self.exit_code = 128 + signal_number
 
 
 @dataclass
@@ -100,26 +97,24 @@ class _StopSignal:
             signal.signal(number, handler)
 
 
-def prepare_run_directory(config: TrainConfig, run_dir: Path) -> None:
+def prepare_run_directory(config: TrainConfig, run: RunDirectory) -> None:
     """A new run: refuse a directory that already holds a run, save the resolved config and the tokenizer."""
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+    if run.has_checkpoints():
         raise ConfigError(
-            f"{str(run_dir)!r} already holds a run with checkpoints; continue it with `cs336-train resume "
-            f"{run_dir}` or choose another --out directory"
+            f"{str(run.path)!r} already holds a run with checkpoints; continue it with `cs336-train resume "
+            f"{run.path}` or choose another --out directory"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_write(run_dir / CONFIG_FILE, "w", encoding="utf-8") as handle:
-        handle.write(config.to_toml())
-    if config.data.tokenizer and Path(config.data.tokenizer).resolve() != (run_dir / "tokenizer").resolve():
+    run.write_config(config.to_toml())
+    if config.data.tokenizer and Path(config.data.tokenizer).resolve() != run.tokenizer_dir.resolve():
         try:
-            Tokenizer.load(config.data.tokenizer).save(run_dir / "tokenizer")
+            Tokenizer.load(config.data.tokenizer).save(run.tokenizer_dir)
         except BPEInputError as error:
             raise DataError(str(error)) from None
 
 
 def load_run_config(run_dir: Path, overrides: list[str] = ()) -> TrainConfig:
     """The configuration saved in a run directory, with only watch-and-execute settings allowed to change."""
-    path = run_dir / CONFIG_FILE
+    path = RunDirectory(run_dir).config_path
     if not path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory: it has no {CONFIG_FILE}")
     for override in overrides:
@@ -133,31 +128,9 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> TrainConfig:
     return TrainConfig.from_toml(path, overrides)
 
 
-def _run_tokenizer(run_dir: Path) -> Tokenizer | None:
-    directory = run_dir / "tokenizer"
-    if not directory.is_dir():
-        return None
-    try:
-        return Tokenizer.load(directory)
-    except BPEInputError as error:
-        raise DataError(str(error)) from None
-
-
-def _tokenizer_fingerprint(run_dir: Path) -> str | None:
-    tokenizer = _run_tokenizer(run_dir)
-    return tokenizer.fingerprint() if tokenizer is not None else None
-
-
 def current_fingerprint(stored: str | None, run_dir: Path) -> str | None:
-    """A tokenizer fingerprint stored in a checkpoint of `run_dir`, in today's form.
-
-    Checkpoints saved before cs336-bpe's token-file format v2 store an older form of the same hash; the run's
-    saved tokenizer, if it recognizes it, gives today's. Anything else comes back as it was.
-    """
-    tokenizer = _run_tokenizer(run_dir) if stored is not None else None
-    if tokenizer is not None and tokenizer.has_fingerprint(stored):
-        return tokenizer.fingerprint()
-    return stored
+    """A fingerprint stored in a checkpoint of `run_dir`, in today's form (see RunDirectory.current_fingerprint)."""
+    return RunDirectory(run_dir).current_fingerprint(stored)
 
 
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, config: TrainConfig, device: torch.device,
@@ -180,11 +153,33 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, config: TrainConfig, de
     return loss_sum / count
 
 
-def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train `config` in `run_dir` (a new run, or the continuation of the one saved there when `resume`)."""
-    run_dir = Path(run_dir)
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
+          resume_from: str | Path | None = None) -> TrainResult:
+    """Train `config` in `run_dir` (a new run, or the continuation of the one saved there when `resume`).
+
+    `resume_from` picks the checkpoint to continue from: None = the newest, "best", a step number or a file.
+    The main process holds the run directory's lock throughout, so no second process can write the same run.
+    """
+    run = RunDirectory(run_dir)
     device = runtime.resolve_device(config.run.device, distributed.local_rank_from_environment())
     dist = distributed.init_distributed(device.type)
+    with run.lock() if dist.is_main else contextlib.nullcontext() as lock_note:
+        if dist.is_main:
+            _say(lock_note)
+            removed = run.remove_stale_partials()
+            _say(f"removed {len(removed)} half-written file(s) left by an interrupted save: "
+                 f"{', '.join(path.name for path in removed)}" if removed else None)
+        return _train(config, run, dist, device, resume, resume_from)
+
+
+def _say(note: str | None) -> None:
+    if note:
+        click.echo(f"cs336-train: {note}", err=True)
+
+
+def _train(config: TrainConfig, run_directory: RunDirectory, dist: distributed.Distributed, device: torch.device,
+           resume: bool, resume_from: str | Path | None) -> TrainResult:
+    run_dir = run_directory.path
     runtime.configure_backends(device, config.run.num_threads)
     run = config.run
     micro_batch, remainder = divmod(run.batch_size, run.grad_accum_steps * dist.world_size)
@@ -193,9 +188,14 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Tra
             f"run.batch_size {run.batch_size} must be a multiple of run.grad_accum_steps × processes = "
             f"{run.grad_accum_steps} × {dist.world_size}"
         )
-    checkpoints = CheckpointDirectory(run_dir / "checkpoints", run.keep_last)
+    if resume and resume_from is None and not run_directory.has_checkpoints():
+        # Killed before its first checkpoint was complete: nothing was saved, so continuing means starting over.
+        if dist.is_main:
+            _say(f"{str(run_dir)!r} has no checkpoint yet (its first save never completed); starting it from step 0 "
+                 f"with its saved {CONFIG_FILE}")
+        resume = False
     if not resume and dist.is_main:
-        prepare_run_directory(config, run_dir)
+        prepare_run_directory(config, run_directory)
     distributed.barrier()
 
     # The same seed on every rank: identical initial weights, and the same global batch of window starts, of which
@@ -209,12 +209,21 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Tra
     progress = {"step": 0, "tokens": 0, "wall_s": 0.0, "best_val_loss": math.inf, "loss_sum": 0.0, "loss_steps": 0}
 
     # Train and valid files must come from the run's tokenizer (when it has one) and from the same tokenizer.
-    fingerprint = _tokenizer_fingerprint(run_dir) or tokenizer_fingerprint_of(config.data.train)
-    if resume:
-        progress, sampler = _restore(checkpoints, run_dir, config, model, optimizer, fingerprint, device)
+    run_tokenizer = run_directory.tokenizer()
+    fingerprint = run_tokenizer.fingerprint() if run_tokenizer else tokenizer_fingerprint_of(config.data.train)
     train_tokens = open_tokens(config.data.train, config.model.vocab_size, fingerprint)
     valid_tokens = open_tokens(config.data.valid, config.model.vocab_size, fingerprint)
     require_one_window(len(train_tokens), config.model.context_length)
+    if resume:
+        progress, sampler, restored = _restore(run_directory, resume_from, config, model, optimizer, fingerprint,
+                                               device, dist)
+        if progress["step"] >= run.steps:
+            last = restored.get("valid_loss")
+            _say(f"the run already finished: {progress['step']} of {run.steps} steps"
+                 + (f", validation loss {last:.4f}" if isinstance(last, float) else "")
+                 + "; nothing to do (to train longer, start a new run with more run.steps)" if dist.is_main else None)
+            return TrainResult(run_dir, progress["step"], progress["tokens"], progress["wall_s"],
+                               last if isinstance(last, float) else math.nan, "already finished")
 
     wandb_run = start_wandb(run_dir, config.to_dict(), run.wandb_project) if run.wandb and dist.is_main else None
     log = MetricsLog(run_dir, wandb_run) if dist.is_main else None
@@ -231,12 +240,12 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Tra
             progress["best_val_loss"] = valid_loss
         if not dist.is_main:
             return None
-        return checkpoints.save({
+        return run_directory.save_checkpoint({
             "iteration": progress["step"], "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "config": config.to_dict(), "rng": runtime.rng_states(), "data_state": sampler.bit_generator.state,
-            "progress": dict(progress), "best_val_loss": progress["best_val_loss"],
+            "progress": dict(progress), "best_val_loss": progress["best_val_loss"], "valid_loss": valid_loss,
             "tokenizer_fingerprint": fingerprint,
-        }, is_best=is_best)
+        }, is_best=is_best, keep_last=run.keep_last)
 
     def validate() -> float:
         valid_loss = evaluate(forward, valid_tokens, config, device, dist)
@@ -256,11 +265,14 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Tra
                 step_loss, grad_norm = _optimizer_step(config, forward, optimizer, parameters, loss_fn, train_tokens,
                                                        sampler, micro_batch, dist, device, progress["step"])
                 if not math.isfinite(step_loss):
-                    latest = checkpoints.latest()
+                    steps_saved = run_directory.step_checkpoints()
+                    latest = str(steps_saved[-1]) if steps_saved else "none (none saved yet)"
+                    clipping = ("" if config.optimizer.grad_clip else
+                                " or set optimizer.grad_clip (e.g. 1.0)")
                     raise TrainingDiverged(
                         f"the training loss became {step_loss} at step {progress['step'] + 1}; the weights were not "
-                        f"updated and the last good checkpoint is {str(latest) if latest else 'none (none saved yet)'}"
-                        ". Lower optimizer.lr, raise optimizer.warmup_fraction or set optimizer.grad_clip (e.g. 1.0)"
+                        f"updated and the last good checkpoint is {latest}. Lower optimizer.lr "
+                        f"({config.optimizer.lr:g}), raise optimizer.warmup_fraction{clipping}"
                     )
                 step_seconds = time.perf_counter() - step_start
                 progress["step"] += 1
@@ -342,31 +354,58 @@ def _optimizer_step(config, forward, optimizer, parameters, loss_fn, train_token
     return step_loss, grad_norm
 
 
-def _restore(checkpoints: CheckpointDirectory, run_dir: Path, config: TrainConfig, model, optimizer, fingerprint,
-             device):
-    latest = checkpoints.latest()
-    if latest is None:
-        raise CheckpointError(
-            f"{str(checkpoints.directory)!r} has no step checkpoint to resume from; start it with `cs336-train fit`"
-        )
-    state = read_checkpoint(latest, map_location=device)
-    differences = [line for line in config_differences(state.get("config", {}), config.to_dict())
+def _restore(run_directory: RunDirectory, which: str | Path | None, config: TrainConfig, model, optimizer,
+             fingerprint: str | None, device: torch.device, dist: distributed.Distributed):
+    """Load the chosen checkpoint into model and optimizer; returns (progress, sampler, the checkpoint dict)."""
+    path = run_directory.choose(which)
+    try:
+        state = read_checkpoint(path, map_location=device)
+    except CheckpointError as error:
+        alternative = run_directory.newest_good_alternative(path)
+        hint = (f"; the newest intact one is {alternative.name}: `cs336-train resume {run_directory.path} --from "
+                f"{'best' if alternative.name == 'best.pt' else int(alternative.stem.split('_')[1])}`"
+                if alternative else "")
+        raise CheckpointError(f"{error}{hint}") from None
+    for key, meaning in RESUME_KEYS.items():
+        if key not in state:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has no {key!r} entry ({meaning}), so the run cannot continue exactly; "
+                "it was written by the course hook save_checkpoint or edited. Resume from another checkpoint "
+                "(--from STEP) or start a new run"
+            )
+    differences = [line for line in config_differences(state["config"], config.to_dict())
                    if not any(line.startswith(f"run.{key}:") for key in RESUMABLE_OVERRIDES)]
     if differences:
         raise CheckpointError(
-            f"checkpoint {str(latest)!r} was trained with a different configuration: {'; '.join(differences)}. "
+            f"checkpoint {str(path)!r} was trained with a different configuration: {'; '.join(differences)}. "
             "Resume with the run's own config.toml, or start a new run"
         )
     stored = state.get("tokenizer_fingerprint")
     if fingerprint is not None and stored not in (None, fingerprint) and \
-            current_fingerprint(stored, run_dir) != fingerprint:
-        raise CheckpointError(f"checkpoint {str(latest)!r} was trained with another tokenizer than the run's")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    runtime.restore_rng_states(state["rng"])
-    sampler = np.random.default_rng()
-    sampler.bit_generator.state = state["data_state"]
-    return dict(state["progress"]), sampler
+            run_directory.current_fingerprint(stored) != fingerprint:
+        raise CheckpointError(f"checkpoint {str(path)!r} was trained with another tokenizer than the run's")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        runtime.restore_rng_states(state["rng"])
+        sampler = np.random.default_rng()
+        sampler.bit_generator.state = state["data_state"]
+        progress = dict(state["progress"])
+        missing = {"step", "tokens", "wall_s", "best_val_loss", "loss_sum", "loss_steps"} - set(progress)
+        if missing:
+            raise KeyError(f"progress has no {sorted(missing)}")
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a malformed training state ({first_line}); resume "
+                              "from another checkpoint (--from STEP)") from None
+    if dist.is_main:
+        if which is not None:
+            moved = run_directory.set_aside_checkpoints_after(progress["step"])
+            _say(f"moved {len(moved)} later checkpoint(s) to {moved[0].parent}: this run continues from step "
+                 f"{progress['step']} instead" if moved else None)
+        _say(f"resuming from {path.name}: step {progress['step']:,}, {progress['tokens']:,} tokens, "
+             f"{progress['wall_s']:.1f} s of training so far")
+    return progress, sampler, state
 
 
 def _out_of_memory_message(config: TrainConfig, error: Exception) -> str:
