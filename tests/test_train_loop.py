@@ -31,7 +31,7 @@ def test_training_learns_and_leaves_a_complete_run_directory(token_files, tmp_pa
 
     assert (result.steps, result.tokens, result.stopped_by) == (30, 30 * 8 * 16, "steps")
     train_records, valid_records = _records(run_dir, "train"), _records(run_dir, "valid")
-    assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in train_records] == [1, 5, 10, 15, 20, 25, 30]  # step 1: the start of the curve
     assert [r["step"] for r in valid_records] == [10, 20, 30]
     assert train_records[-1]["loss"] < train_records[0]["loss"] - 1.0
     assert valid_records[-1]["loss"] < math.log(320) - 1.0  # well below the uniform guess

@@ -182,7 +182,8 @@ def read_checkpoint(src: PathOrFile, map_location: str | torch.device = "cpu") -
             raise CheckpointError(f"checkpoint {name!r} does not exist")
         damaged = damaged_entry(src)
         if damaged:
-            raise CheckpointError(f"checkpoint {name!r} is damaged ({damaged}); use an earlier one")
+            raise CheckpointError(f"checkpoint {name!r} is corrupt or truncated: its bytes are damaged ({damaged}); "
+                                  "use an earlier one")
     state = _unpickle(src, name, map_location)
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise CheckpointError(f"{name!r} is not a checkpoint: it has no model state and iteration, so it is not a "

@@ -119,6 +119,32 @@ def eval_command(checkpoint: Path, token_file: Path, device: str, batch_size: in
 
 
 @main.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Steps on the one batch.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Sequences in it.")
+@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Constant learning rate (after a short warm-up).")
+@override_option
+@_friendly_errors
+def overfit(config_path: Path, steps: int, batch_size: int, lr: float, overrides: tuple[str, ...]):
+    """Check that the model of CONFIG can memorise one batch of its training data (run this first).
+
+    The loss must fall near zero (0.1) in a few hundred steps; if it does not, the message says what that
+    points to. Needs data.train (e.g. --set data.train=runs/first/data/train.bin); exit status 1 on failure.
+    """
+    from cs336_train.config import TrainConfig
+    from cs336_train.overfit import overfit_one_batch
+
+    placeholder_valid = [] if "data.valid" in " ".join(overrides) else ['data.valid="-"']
+    config = TrainConfig.from_toml(config_path, placeholder_valid + list(overrides))
+    result = overfit_one_batch(config, steps=steps, batch_size=batch_size, lr=lr,
+                               say=lambda line: click.echo(line, err=True))
+    if not result.passed:
+        raise click.ClickException(f"overfitting one batch {result.message}")
+    click.echo(f"overfitting one batch {result.message}", err=True)
+
+
+@main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
 @click.option("--preset", type=click.Choice(["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"]),
               help="Instead of a CONFIG: the handout's transformer_accounting and adamw_accounting answers for "
@@ -154,17 +180,35 @@ def _placeholder_data(config_path: Path) -> list[str]:
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_png", default="loss_curves.png", show_default=True, type=click.Path(path_type=Path),
-              help="PNG file to write.")
+              help="PNG file to write (the loss curves).")
+@click.option("--x", "x_axis", default="steps", show_default=True, type=click.Choice(["steps", "tokens", "wall"]),
+              help="Horizontal axis: optimizer steps, training tokens seen (runs of different batch sizes), or "
+                   "wall-clock time (then the loss figure has one panel).")
+@click.option("--title", default=None, help="Title of the figures.")
+@click.option("--dynamics", "dynamics_png", default=None, type=click.Path(path_type=Path),
+              help="Also write the training-dynamics figure to this PNG: gradient and weight norms, update ratios, "
+                   "activation RMS and attention entropy per block (runs trained with run.stats_interval > 0).")
 @click.option("--smoothing", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
               help="Exponential moving average of the training loss (0 = raw, 0.9 = smooth).")
 @click.option("--log-loss", is_flag=True, help="Logarithmic loss axis.")
 @_friendly_errors
-def plot(run_dirs: tuple[Path, ...], out_png: Path, smoothing: float, log_loss: bool):
-    """Training and validation loss of several runs against steps and wall-clock, on one figure."""
-    from cs336_train.plot import plot_runs
+def plot(run_dirs: tuple[Path, ...], out_png: Path, x_axis: str, title: str | None, dynamics_png: Path | None,
+         smoothing: float, log_loss: bool):
+    """Training and validation loss of several runs against steps (or tokens) and wall-clock, on one figure.
 
-    plot_runs(list(run_dirs), out_png, smoothing=smoothing, log_loss=log_loss)
+    With --dynamics, a second figure shows why the curves look as they do: how the gradients, weights,
+    activations and attention of each block evolve.
+    """
+    from cs336_train.plot import plot_dynamics, plot_runs
+
+    if dynamics_png is not None and dynamics_png.resolve() == out_png.resolve():
+        raise click.UsageError("--dynamics must name another file than --out: each figure is one PNG")
+    x_axis = "wall_s" if x_axis == "wall" else x_axis
+    plot_runs(list(run_dirs), out_png, smoothing=smoothing, log_loss=log_loss, x_axis=x_axis, title=title)
     click.echo(f"wrote {out_png}", err=True)
+    if dynamics_png is not None:
+        plot_dynamics(list(run_dirs), dynamics_png, x_axis=x_axis, title=title)
+        click.echo(f"wrote {dynamics_png}", err=True)
 
 
 @main.command()

@@ -80,6 +80,8 @@ class RunConfig:
     time_budget_s: float = 0.0  # stop, validate and checkpoint after this many training seconds; 0 = none
     valid_batch_size: int = 16  # sequences per validation forward pass
     num_threads: int = 0  # CPU threads for torch; 0 = torch's default
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns on any thread count
+    stats_interval: int = 64  # steps between training-dynamics records (instruments.py); 0 = none
     peak_tflops: float = 0.0  # for MFU; 0 = measure a matrix product at start-up (CPU) or look it up (CUDA)
     wandb: bool = False  # also log to Weights & Biases (offline when no account is configured)
     wandb_project: str = "cs336"
@@ -87,7 +89,7 @@ class RunConfig:
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum_steps", "log_interval", "keep_last", "valid_batch_size"):
             _positive_int(f"run.{name}", getattr(self, name))
-        for name in ("eval_interval", "checkpoint_interval", "num_threads"):
+        for name in ("eval_interval", "checkpoint_interval", "num_threads", "stats_interval"):
             _non_negative_int(f"run.{name}", getattr(self, name))
         _choice("run.precision", self.precision, PRECISIONS)
         _choice("run.loss_impl", self.loss_impl, IMPLEMENTATIONS)

@@ -114,3 +114,17 @@ def tokenizer_fingerprint_of(path: str | Path) -> str:
         return read_token_metadata(path)["tokenizer_fingerprint"]
     except BPEInputError as error:
         raise DataError(str(error)) from None
+
+
+def bytes_per_token(path: str | Path) -> float | None:
+    """Bytes of source text per token of a token file (its metadata's source_bytes / num_tokens), or None when
+    the metadata does not say. Loss per token times tokens per byte is loss per byte: comparable across
+    tokenizers."""
+    try:
+        metadata = read_token_metadata(path)
+    except BPEInputError:
+        return None
+    source_bytes, num_tokens = metadata.get("source_bytes"), metadata["num_tokens"]
+    if not isinstance(source_bytes, int) or source_bytes <= 0 or not num_tokens:
+        return None
+    return source_bytes / num_tokens

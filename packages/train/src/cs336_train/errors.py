@@ -18,7 +18,14 @@ class CheckpointError(TrainError):
 
 
 class TrainingDiverged(TrainError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last good checkpoint is kept.
+
+    `step` (where), `last_finite_loss` and `largest_grad_norms` ({parameter group: norm}) say more.
+    """
+
+    step: int | None = None
+    last_finite_loss: float | None = None
+    largest_grad_norms: dict | None = None
 
 
 class Interrupted(TrainError):

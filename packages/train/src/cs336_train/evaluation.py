@@ -1,4 +1,5 @@
-"""`cs336-train eval`: the exact validation loss and perplexity of a saved checkpoint on a token file."""
+"""`cs336-train eval`: the exact validation loss, perplexity and bits per byte of a saved checkpoint on a token
+file (bits per byte compares models with different tokenizers)."""
 
 from pathlib import Path
 
@@ -6,8 +7,9 @@ from cs336_nn import TransformerLM, perplexity
 from cs336_train import runtime
 from cs336_train.checkpoint import read_checkpoint
 from cs336_train.config import TrainConfig
-from cs336_train.data import open_tokens, tokenizer_fingerprint_of
+from cs336_train.data import bytes_per_token, open_tokens, tokenizer_fingerprint_of
 from cs336_train.errors import CheckpointError
+from cs336_train.metrics import bits_per_byte
 from cs336_train.run_directory import RunDirectory
 from cs336_train.trainer import evaluate
 
@@ -39,4 +41,4 @@ def evaluate_checkpoint(checkpoint: str | Path, token_file: str | Path, device: 
     tokens = open_tokens(token_file, config.model.vocab_size, expected)
     loss = evaluate(model, tokens, config, device)
     return {"checkpoint": str(path), "iteration": state["iteration"], "tokens": len(tokens), "loss": loss,
-            "perplexity": perplexity(loss)}
+            "perplexity": perplexity(loss), "bits_per_byte": bits_per_byte(loss, bytes_per_token(token_file))}

@@ -4,7 +4,10 @@
 
     {"kind": "train", "step": 100, "tokens": 819200, "wall_s": 61.2, "loss": 3.91, "lr": 0.0029,
      "grad_norm": 0.84, "tokens_per_s": 13402.0, "mfu": 0.21}
-    {"kind": "valid", "step": 256, "tokens": 2097152, "wall_s": 160.4, "loss": 3.31, "perplexity": 27.4}
+    {"kind": "valid", "step": 256, "tokens": 2097152, "wall_s": 160.4, "loss": 3.31, "perplexity": 27.4,
+     "bits_per_byte": 1.15}
+    {"kind": "stats", "step": 64, ...}     every run.stats_interval steps: the instruments (instruments.py)
+    {"kind": "diverged", "step": 90, ...}  the loss became nan or inf: the last finite loss, the largest grad norms
 
 `step` counts optimizer steps, `tokens` training tokens seen, `wall_s` training seconds since the run began
 (continued across resumes; validation and checkpoint time excluded). After a resume from an earlier checkpoint
@@ -13,6 +16,7 @@ some steps appear twice; the later record is the one that counts.
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -35,6 +39,20 @@ class MetricsLog:
         click.echo(format_record(record), err=True)
 
 
+def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float | None) -> float | None:
+    """Loss in bits per byte of text: nats/token ÷ ln 2 = bits/token, ÷ bytes/token = bits/byte.
+
+    Per token, a tokenizer with longer tokens looks worse (each token carries more text); per byte, a byte-level
+    model and a 10K BPE model are measured on the same scale.
+
+    >>> round(bits_per_byte(2.0, 4.0), 4)   # 2 nats/token = 2.885 bits/token, over 4 bytes per token
+    0.7213
+    """
+    if bytes_per_token is None or not math.isfinite(loss_nats_per_token):
+        return None
+    return loss_nats_per_token / math.log(2) / bytes_per_token
+
+
 def format_record(record: dict) -> str:
     """The console line of a record, with fixed-width columns that line up in a terminal."""
     head = f"step {record['step']:>6}  tokens {record['tokens']:>11,}  {record['wall_s']:>7.1f}s"
@@ -42,7 +60,15 @@ def format_record(record: dict) -> str:
         return (f"{head}  loss {record['loss']:7.4f}  lr {record['lr']:.2e}  grad-norm {record['grad_norm']:6.3f}  "
                 f"{record['tokens_per_s']:>8,.0f} tok/s  MFU {100 * record['mfu']:4.1f}%")
     if record["kind"] == "valid":
-        return f"{head}  valid loss {record['loss']:7.4f}  perplexity {record['perplexity']:9.2f}"
+        line = f"{head}  valid loss {record['loss']:7.4f}  perplexity {record['perplexity']:9.2f}"
+        return line + (f"  bits/byte {record['bits_per_byte']:.4f}" if record.get("bits_per_byte") else "")
+    if record["kind"] == "stats":
+        rms, entropy = record["activation_rms"], record["attention_entropy"]
+        return (f"{head}  stats: residual RMS {' '.join(f'{value:.2f}' for value in rms.values())}  "
+                f"attention entropy {' '.join(f'{value:.2f}' for value in entropy.values())}  "
+                f"update/weight {max(record['update_ratio'].values(), default=0):.1e} (largest)")
+    if record["kind"] == "diverged":
+        return f"{head}  diverged: loss {record['loss']}, last finite {record['last_finite_loss']}"
     return f"{head}  {record}"
 
 

@@ -1,6 +1,7 @@
 """Where and how the model runs: device choice, precision, seeds and the hardware's matrix-product peak."""
 
 import contextlib
+import os
 import random
 import time
 
@@ -31,8 +32,16 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def configure_backends(device: torch.device, num_threads: int) -> None:
-    """TF32 matrix products on CUDA (float32 storage, ~10-bit mantissa products: much faster, same training)."""
+def configure_backends(device: torch.device, num_threads: int, deterministic: bool = False) -> None:
+    """TF32 matrix products on CUDA (float32 storage, ~10-bit mantissa products: much faster, same training).
+
+    `deterministic`: the same run gives the same numbers bit for bit on any number of threads. With several
+    threads some kernels add up partial results in whatever order the threads finish; their deterministic
+    versions fix the order, at some cost in speed (train README, "Exactness").
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for repeatable results
+    torch.use_deterministic_algorithms(deterministic)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

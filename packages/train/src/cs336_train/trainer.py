@@ -31,6 +31,7 @@ from cs336_train import distributed, runtime
 from cs336_train.checkpoint import config_differences, read_checkpoint
 from cs336_train.config import TrainConfig
 from cs336_train.data import (
+    bytes_per_token,
     open_tokens,
     require_one_window,
     sample_window_starts,
@@ -39,7 +40,8 @@ from cs336_train.data import (
     windows_at,
 )
 from cs336_train.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainError, TrainingDiverged
-from cs336_train.metrics import MetricsLog, start_wandb
+from cs336_train.instruments import ActivationProbe, ParameterGroups, largest
+from cs336_train.metrics import MetricsLog, bits_per_byte, start_wandb
 from cs336_train.run_directory import CONFIG_FILE, RunDirectory
 
 LOSS_FUNCTIONS = {"scratch": cross_entropy, "torch": torch_cross_entropy}
@@ -50,7 +52,7 @@ RESUME_KEYS = {"model": "the weights", "optimizer": "the optimizer state", "conf
                "progress": "the step, token and clock counters"}
 # Settings a resume may change: they decide how the run is watched or executed, not what it computes.
 RESUMABLE_OVERRIDES = {"time_budget_s", "device", "wandb", "wandb_project", "log_interval", "eval_interval",
-                       "checkpoint_interval", "keep_last", "num_threads", "compile", "peak_tflops"}
+                       "checkpoint_interval", "keep_last", "num_threads", "compile", "peak_tflops", "stats_interval"}
 
 
 @dataclass
@@ -180,7 +182,7 @@ def _say(note: str | None) -> None:
 def _train(config: TrainConfig, run_directory: RunDirectory, dist: distributed.Distributed, device: torch.device,
            resume: bool, resume_from: str | Path | None) -> TrainResult:
     run_dir = run_directory.path
-    runtime.configure_backends(device, config.run.num_threads)
+    runtime.configure_backends(device, config.run.num_threads, config.run.deterministic)
     run = config.run
     micro_batch, remainder = divmod(run.batch_size, run.grad_accum_steps * dist.world_size)
     if remainder or micro_batch == 0:
@@ -227,12 +229,13 @@ def _train(config: TrainConfig, run_directory: RunDirectory, dist: distributed.D
 
     wandb_run = start_wandb(run_dir, config.to_dict(), run.wandb_project) if run.wandb and dist.is_main else None
     log = MetricsLog(run_dir, wandb_run) if dist.is_main else None
-    loss_fn = LOSS_FUNCTIONS[run.loss_impl]
-    forward = torch.compile(model) if run.compile else model
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    context = StepContext(config, torch.compile(model) if run.compile else model, optimizer,
+                          ParameterGroups(model.named_parameters()), LOSS_FUNCTIONS[run.loss_impl], train_tokens,
+                          micro_batch, dist, device)
     tokens_per_step = run.batch_size * config.model.context_length
     peak = run.peak_tflops * 1e12 or runtime.measure_matmul_peak(device, run.precision)
     flops_per_token = training_flops_per_token(config.model)
+    valid_bytes_per_token = bytes_per_token(config.data.valid)
 
     def save(valid_loss: float | None = None) -> Path | None:
         is_best = valid_loss is not None and valid_loss < progress["best_val_loss"]
@@ -248,48 +251,56 @@ def _train(config: TrainConfig, run_directory: RunDirectory, dist: distributed.D
         }, is_best=is_best, keep_last=run.keep_last)
 
     def validate() -> float:
-        valid_loss = evaluate(forward, valid_tokens, config, device, dist)
+        valid_loss = evaluate(context.forward, valid_tokens, config, device, dist)
         if log:
             log.write({"kind": "valid", "step": progress["step"], "tokens": progress["tokens"],
                        "wall_s": round(progress["wall_s"], 3), "loss": valid_loss,
-                       "perplexity": perplexity(valid_loss)})
+                       "perplexity": perplexity(valid_loss),
+                       "bits_per_byte": bits_per_byte(valid_loss, valid_bytes_per_token)})
         return valid_loss
+
+    def progress_fields() -> dict:
+        return {"step": progress["step"], "tokens": progress["tokens"], "wall_s": round(progress["wall_s"], 3)}
 
     model.train()
     stopped_by, valid_loss, last_saved_step = "steps", math.nan, progress["step"] if resume else -1
     interval_seconds, interval_steps = 0.0, 0  # throughput counts training steps only, not validation
+    last_finite_loss = None
     try:
         with _StopSignal() as stop:
             while progress["step"] < run.steps:
                 step_start = time.perf_counter()
-                step_loss, grad_norm = _optimizer_step(config, forward, optimizer, parameters, loss_fn, train_tokens,
-                                                       sampler, micro_batch, dist, device, progress["step"])
-                if not math.isfinite(step_loss):
-                    steps_saved = run_directory.step_checkpoints()
-                    latest = str(steps_saved[-1]) if steps_saved else "none (none saved yet)"
-                    clipping = ("" if config.optimizer.grad_clip else
-                                " or set optimizer.grad_clip (e.g. 1.0)")
-                    raise TrainingDiverged(
-                        f"the training loss became {step_loss} at step {progress['step'] + 1}; the weights were not "
-                        f"updated and the last good checkpoint is {latest}. Lower optimizer.lr "
-                        f"({config.optimizer.lr:g}), raise optimizer.warmup_fraction{clipping}"
-                    )
-                step_seconds = time.perf_counter() - step_start
+                next_step = progress["step"] + 1
+                measure = bool(run.stats_interval) and (next_step % run.stats_interval == 0 or next_step == 1)
+                result = _optimizer_step(context, sampler, progress["step"], measure)
+                if not math.isfinite(result.loss):
+                    error = _diverged(context, run_directory, result, next_step, last_finite_loss)
+                    if log:
+                        log.write({"kind": "diverged", **progress_fields(), "loss": str(result.loss),
+                                   "last_finite_loss": last_finite_loss, "largest_grad_norms":
+                                   {name: value if math.isfinite(value) else str(value)
+                                    for name, value in error.largest_grad_norms.items()}})
+                    raise error
+                last_finite_loss = result.loss
+                step_seconds = time.perf_counter() - step_start  # the measurements below are not training time
                 progress["step"] += 1
                 progress["tokens"] += tokens_per_step
                 progress["wall_s"] += step_seconds
                 interval_seconds += step_seconds
-                progress["loss_sum"] += step_loss
+                progress["loss_sum"] += result.loss
                 progress["loss_steps"] += 1
                 interval_steps += 1
                 step = progress["step"]
-                if step % run.log_interval == 0 or step == run.steps:
+                if measure and log:
+                    log.write({"kind": "stats", **progress_fields(), "lr": learning_rate(config, step - 1),
+                               **_measure_dynamics(context, model, result)})
+                # Step 1 is always logged: the curve then starts near ln(vocab_size), where every model starts.
+                if step % run.log_interval == 0 or step == run.steps or step == 1:
                     tokens_per_s = interval_steps * tokens_per_step / interval_seconds
                     if log:
-                        log.write({"kind": "train", "step": step, "tokens": progress["tokens"],
-                                   "wall_s": round(progress["wall_s"], 3),
+                        log.write({"kind": "train", **progress_fields(),
                                    "loss": progress["loss_sum"] / progress["loss_steps"],
-                                   "lr": learning_rate(config, step - 1), "grad_norm": grad_norm,
+                                   "lr": learning_rate(config, step - 1), "grad_norm": result.grad_norm,
                                    "tokens_per_s": round(tokens_per_s, 1),
                                    "mfu": round(tokens_per_s * flops_per_token / peak, 4)})
                     progress["loss_sum"], progress["loss_steps"] = 0.0, 0
@@ -325,33 +336,102 @@ def _train(config: TrainConfig, run_directory: RunDirectory, dist: distributed.D
     return TrainResult(run_dir, progress["step"], progress["tokens"], progress["wall_s"], valid_loss, stopped_by)
 
 
-def _optimizer_step(config, forward, optimizer, parameters, loss_fn, train_tokens, sampler, micro_batch, dist,
-                    device, step) -> tuple[float, float]:
-    """One optimizer step over the whole global batch; returns (mean loss, pre-clip gradient norm)."""
-    run = config.run
-    for group in optimizer.param_groups:
+@dataclass
+class StepContext:
+    """What every optimizer step uses and no step changes."""
+
+    config: TrainConfig
+    forward: torch.nn.Module  # the model, or its torch.compile'd wrapper
+    optimizer: torch.optim.Optimizer
+    groups: ParameterGroups  # the trainable parameters, grouped for the instruments
+    loss_fn: object
+    train_tokens: np.ndarray
+    micro_batch: int
+    dist: distributed.Distributed
+    device: torch.device
+
+    @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [parameter for group in self.groups.parameters for parameter in group]
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean training loss of the step's global batch
+    grad_norm: float  # global gradient norm before clipping
+    group_grad_norms: dict[str, float] | None = None  # per parameter group: on measured and on failed steps
+    update_ratios: dict[str, float] | None = None  # per parameter group: on measured steps
+    last_inputs: torch.Tensor | None = None  # the last micro-batch's inputs: on measured steps (for the probe)
+
+
+def _optimizer_step(context: StepContext, sampler: np.random.Generator, step: int, measure: bool) -> StepResult:
+    """One optimizer step over the whole global batch. With `measure`, also the instruments' per-group gradient
+    norms (before clipping) and update ratios; a step whose loss is not finite leaves the weights untouched."""
+    config, run = context.config, context.config.run
+    for group in context.optimizer.param_groups:
         group["lr"] = learning_rate(config, step)
     # One draw of the global batch per step, identical on every rank: (accumulation, rank, sequence).
-    starts = sample_window_starts(len(train_tokens), run.batch_size, config.model.context_length, sampler)
-    starts = starts.reshape(run.grad_accum_steps, dist.world_size, micro_batch)[:, dist.rank]
-    loss_total = torch.zeros((), device=device)
+    starts = sample_window_starts(len(context.train_tokens), run.batch_size, config.model.context_length, sampler)
+    starts = starts.reshape(run.grad_accum_steps, context.dist.world_size, context.micro_batch)[:, context.dist.rank]
+    loss_total = torch.zeros((), device=context.device)
     for micro_starts in starts:
-        inputs, targets = windows_at(train_tokens, micro_starts, config.model.context_length, device)
-        with runtime.autocast(device, run.precision):
-            logits = forward(inputs)
-        loss = loss_fn(logits.float(), targets) / run.grad_accum_steps
+        inputs, targets = windows_at(context.train_tokens, micro_starts, config.model.context_length, context.device)
+        with runtime.autocast(context.device, run.precision):
+            logits = context.forward(inputs)
+        loss = context.loss_fn(logits.float(), targets) / run.grad_accum_steps
         loss.backward()
         loss_total += loss.detach()
     step_loss = float(loss_total)
-    if dist.enabled:
-        distributed.average_gradients(parameters, dist.world_size)
-        step_loss = distributed.sum_across_ranks([step_loss], device)[0] / dist.world_size
+    parameters = context.parameters
+    if context.dist.enabled:
+        distributed.average_gradients(parameters, context.dist.world_size)
+        step_loss = distributed.sum_across_ranks([step_loss], context.device)[0] / context.dist.world_size
+    result = StepResult(step_loss, math.nan)
+    if measure or not math.isfinite(step_loss):
+        result.group_grad_norms = context.groups.gradient_norms()
     max_norm = config.optimizer.grad_clip or math.inf
-    grad_norm = float(clip_gradients(parameters, max_norm))
+    result.grad_norm = float(clip_gradients(parameters, max_norm))
     if math.isfinite(step_loss):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return step_loss, grad_norm
+        before = context.groups.snapshot() if measure else None
+        context.optimizer.step()
+        if measure:
+            result.update_ratios = context.groups.update_ratios(before)
+            result.last_inputs = inputs
+    context.optimizer.zero_grad(set_to_none=True)
+    return result
+
+
+def _measure_dynamics(context: StepContext, model: TransformerLM, result: StepResult, probe_sequences: int = 4) -> dict:
+    """The instruments' record of one measured step (see instruments.py): norms, ratios and one probe pass."""
+    config = context.config
+    record = {"grad_norm": result.group_grad_norms, "weight_norm": context.groups.weight_norms(),
+              "update_ratio": result.update_ratios}
+    was_training = model.training
+    model.eval()
+    with ActivationProbe(model) as probe, torch.no_grad(), runtime.autocast(context.device, config.run.precision):
+        model(result.last_inputs[:probe_sequences])
+    model.train(was_training)
+    record["activation_rms"], record["attention_entropy"] = probe.activation_rms, probe.attention_entropy
+    return record
+
+
+def _diverged(context: StepContext, run_directory: RunDirectory, result: StepResult, step: int,
+              last_finite_loss: float | None) -> TrainingDiverged:
+    """The report a learner needs when the loss turns nan or inf: where, from what, and which layers."""
+    config = context.config
+    steps_saved = run_directory.step_checkpoints()
+    latest = str(steps_saved[-1]) if steps_saved else "none (none saved yet)"
+    clipping = "" if config.optimizer.grad_clip else " or set optimizer.grad_clip (e.g. 1.0)"
+    culprits = largest(result.group_grad_norms or {})
+    error = TrainingDiverged(
+        f"the training loss became {result.loss} at step {step} (the last finite loss was "
+        f"{'none' if last_finite_loss is None else f'{last_finite_loss:.4f}'}; largest gradient norms: "
+        f"{', '.join(f'{name} {value:.3g}' for name, value in culprits.items()) or 'none'}); the weights were not "
+        f"updated and the last good checkpoint is {latest}. Lower optimizer.lr ({config.optimizer.lr:g}), raise "
+        f"optimizer.warmup_fraction{clipping}"
+    )
+    error.step, error.last_finite_loss, error.largest_grad_norms = step, last_finite_loss, culprits
+    return error
 
 
 def _restore(run_directory: RunDirectory, which: str | Path | None, config: TrainConfig, model, optimizer,
