@@ -66,7 +66,9 @@ def test_sigint_and_sigterm_save_a_checkpoint_before_exiting(token_files, tmp_pa
     config_path = write_config(tmp_path / "config.toml", tiny_config(token_files, steps=100_000, log_interval=5))
     run_dir = tmp_path / "run"
     process = _start(config_path, run_dir)
-    _wait_for(lambda: (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size, process)
+    # Step 1 is logged at once; wait for the line of step 5, so that several steps are done before the signal.
+    _wait_for(lambda: (run_dir / "metrics.jsonl").exists() and '"step": 5,' in (run_dir / "metrics.jsonl").read_text(),
+              process)
     process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=60)
 
