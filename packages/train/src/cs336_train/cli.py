@@ -1,9 +1,10 @@
-"""The `cs336-train` command: fit, resume, eval, account, plot, download and pipeline.
+"""The `cs336-train` command: fit, resume, eval, account, plot, download, pipeline, sweep and report.
 
     cs336-train pipeline --train-text train.txt --valid-text valid.txt --out runs/first
     cs336-train fit configs/tinystories_cpu.toml --out runs/lr1e-3 --set optimizer.lr=1e-3
     cs336-train resume runs/lr1e-3
     cs336-train plot runs/first runs/lr1e-3 --out curves.png
+    cs336-train sweep experiments/learning_rate.toml        # a handout §7 experiment, then its report
 
 Problems the user can fix (a bad config, missing data, a corrupt checkpoint) print one clear message and exit
 with status 1, without a traceback; an interrupted run exits with 128 + the signal number after saving.
@@ -252,6 +253,44 @@ def pipeline(train_text: Path, valid_text: Path, config_path: Path, out: Path | 
     _summary(result)
     click.echo(f"pipeline finished in {time.perf_counter() - started:.0f} s; samples in {out / 'samples.txt'}",
                err=True)
+
+
+@main.command()
+@click.argument("experiment_path", metavar="EXPERIMENT.toml", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Sweep directory (default: runs/experiments/<scale>). Experiments may share one: a run of the same "
+                   "name and settings is trained once, and report.md covers them all.")
+@click.option("--scale", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Which of the experiment's scales: minutes on a laptop CPU, or the handout's runs on a GPU.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs trained at once, each as its own `python -m cs336_train` process.")
+@click.option("--only", multiple=True, metavar="NAME", help="Train only this run (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Check the experiment and list its runs; train nothing.")
+@_friendly_errors
+def sweep(experiment_path: Path, out: Path | None, scale: str, jobs: int, only: tuple[str, ...], dry_run: bool):
+    """Train every run of an experiment (see experiments/), then write DIR/report.md.
+
+    Run it again after a Ctrl-C, a crash or a reboot: finished and diverged runs are skipped, an interrupted one
+    continues from its newest checkpoint.
+    """
+    from cs336_train.experiment import load_experiment
+    from cs336_train.sweep import describe_plan, run_sweep
+
+    experiment = load_experiment(experiment_path, scale, out)
+    if dry_run:
+        click.echo("\n".join(describe_plan(experiment, only)))
+        return
+    run_sweep(experiment, jobs=jobs, only=only, say=lambda line: click.echo(line, err=True))
+
+
+@main.command()
+@click.argument("sweep_dir", metavar="DIR", type=click.Path(path_type=Path))
+@_friendly_errors
+def report(sweep_dir: Path):
+    """Write DIR/report.md and report.json for the sweeps in DIR: the table, figures and samples of each run."""
+    from cs336_train.report import write_report
+
+    write_report(sweep_dir, say=lambda line: click.echo(line, err=True))
 
 
 if __name__ == "__main__":
