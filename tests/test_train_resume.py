@@ -2,7 +2,6 @@
 loss curve bit for bit; SIGINT/SIGTERM save a checkpoint before exiting; torchrun data parallelism matches one
 process with the same global batch."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,18 +10,9 @@ import time
 
 import pytest
 
-from tests.train_helpers import cs336_train, tiny_config, write_config
+from tests.train_helpers import cs336_train, last_loss_per_step, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def _last_record_per_step(run_dir, kind):
-    records = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["kind"] == kind:
-            records[record["step"]] = record["loss"]
-    return records
 
 
 def _start(config_path, run_dir):
@@ -57,7 +47,7 @@ def test_sigkill_then_resume_gives_the_same_loss_curve_bit_for_bit(token_files, 
     resumed = cs336_train("resume", killed)
     assert resumed.returncode == 0, resumed.stderr
     for kind in ("train", "valid"):
-        expected, actual = _last_record_per_step(reference, kind), _last_record_per_step(killed, kind)
+        expected, actual = last_loss_per_step(reference, kind), last_loss_per_step(killed, kind)
         assert actual == expected  # exact float equality, every logged step
 
 
@@ -78,7 +68,7 @@ def test_sigint_and_sigterm_save_a_checkpoint_before_exiting(token_files, tmp_pa
     assert len(checkpoints) == 1
     stopped_at = int(checkpoints[0].stem.split("_")[1])
     assert stopped_at >= 5  # the steps done before the signal are kept
-    last_logged = max(_last_record_per_step(run_dir, "train"))
+    last_logged = max(last_loss_per_step(run_dir, "train"))
     assert stopped_at >= last_logged
 
 
@@ -96,7 +86,7 @@ def test_torchrun_two_cpu_processes_match_one_process_with_the_same_global_batch
     assert result.returncode == 0, result.stderr[-3000:]
 
     for kind in ("train", "valid"):
-        expected, actual = _last_record_per_step(single, kind), _last_record_per_step(parallel, kind)
+        expected, actual = last_loss_per_step(single, kind), last_loss_per_step(parallel, kind)
         assert actual.keys() == expected.keys()
         assert actual == pytest.approx(expected, rel=1e-5)
     assert len(list((parallel / "checkpoints").glob("step_*.pt"))) == 1  # only rank 0 writes

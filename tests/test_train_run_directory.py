@@ -25,23 +25,13 @@ from cs336_train.checkpoint import content_sha256
 from cs336_train.cli import main
 from cs336_train.metrics import format_record
 from cs336_train.trainer import RESUMABLE_OVERRIDES
-from tests.train_helpers import cs336_train, tiny_config, write_config
+from tests.train_helpers import cs336_train, last_loss_per_step, tiny_config, write_config
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 def _invoke(*arguments):
     return CliRunner().invoke(main, [str(argument) for argument in arguments])
-
-
-def _records(run_dir: Path, kind: str) -> dict[int, float]:
-    """The last logged loss of each step (after a resume some steps appear twice; the later one counts)."""
-    records = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["kind"] == kind:
-            records[record["step"]] = record["loss"]
-    return records
 
 
 def _one_line_error(result) -> str:
@@ -109,8 +99,8 @@ def test_a_kill_during_a_save_then_resume_gives_the_uninterrupted_curve(token_fi
     else:
         assert "resuming from step_00000010.pt: step 10" in resumed.stderr
     assert not [path for path in (killed / "checkpoints").iterdir() if path.name.startswith(".")]
-    for kind in ("train", "valid"):
-        assert _records(killed, kind) == _records(reference, kind)  # exact, every logged step (fp32, 1 thread)
+    for kind in ("train", "valid"):  # exact, every logged step (fp32, 1 thread)
+        assert last_loss_per_step(killed, kind) == last_loss_per_step(reference, kind)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Small, self-made inputs for the cs336-train tests: a tokenizer and token files in seconds, no shared data."""
 
+import json
 import random
 import subprocess
 import sys
@@ -62,3 +63,13 @@ def cs336_train(*arguments, check: bool = False, **kwargs) -> subprocess.Complet
     """Run the `cs336-train` CLI in a fresh process (what a user runs; signals and exit codes are real)."""
     return subprocess.run([sys.executable, "-m", "cs336_train", *map(str, arguments)], capture_output=True,
                           text=True, check=check, **kwargs)
+
+
+def last_loss_per_step(run_dir: Path, kind: str) -> dict[int, float]:
+    """{step: loss} of one kind of metrics record; after a resume some steps appear twice, and the later counts."""
+    records = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == kind:
+            records[record["step"]] = record["loss"]
+    return records

@@ -426,12 +426,7 @@ def decompress_gzip(
     archive, dest = Path(archive), Path(dest)
     temporary = dest.with_name(dest.name + ".decompressing")
     digest = hashlib.sha256()
-    bar = click.progressbar(
-        length=max(archive.stat().st_size, 1),
-        label=f"decompressing {archive.name}",
-        hidden=not progress,
-        file=sys.stderr,
-    )
+    bar = _file_progress_bar(archive, f"decompressing {archive.name}", progress)
     try:
         with open(archive, "rb") as raw, gzip.GzipFile(fileobj=raw) as reader, open(temporary, "wb") as writer, bar:
             position = 0
@@ -564,15 +559,15 @@ def _verify_existing(path: Path, expected: Expected, progress: bool, log, advice
     log(f"{path.name}: already downloaded ({path}, {_megabytes(size)}, SHA-256 verified), skipping")
 
 
+def _file_progress_bar(path: Path, label: str, progress: bool):
+    """A progress bar over the bytes of `path` (on stderr; hidden when `progress` is off)."""
+    return click.progressbar(length=max(path.stat().st_size, 1), label=label, hidden=not progress, file=sys.stderr)
+
+
 def _sha256_of(path: Path, progress: bool) -> str:
     """The SHA-256 of a file, read back from disk in chunks, with a progress bar (4.6 GB take a while)."""
     digest = hashlib.sha256()
-    bar = click.progressbar(
-        length=max(path.stat().st_size, 1),
-        label=f"verifying {path.name.removesuffix('.part')}",
-        hidden=not progress,
-        file=sys.stderr,
-    )
+    bar = _file_progress_bar(path, f"verifying {path.name.removesuffix('.part')}", progress)
     with open(path, "rb") as source, bar:
         while chunk := source.read(CHUNK_BYTES):
             digest.update(chunk)
