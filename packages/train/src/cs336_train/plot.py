@@ -331,6 +331,8 @@ def draw_dynamics(runs: Sequence[RunMetrics], *, x_axis: str = "steps", title: s
         rate_panel.plot(horizontal.scaled(steps), rates, color=color, linewidth=1.0, linestyle=":")
         for axes, panel in zip(stats_panels, DYNAMICS_PANELS):
             for depth, (steps, values) in dynamics_curves(run, panel.quantity, horizontal.field, per_block).items():
+                if panel.log_scale:  # a zero (step 1's update at warm-up lr 0) has no place on a log axis: a gap
+                    values = [value if value > 0 else math.nan for value in values]
                 shade = _shade(color, depths.index(depth) / max(len(depths) - 1, 1)) if per_block else color
                 axes.plot(horizontal.scaled(steps), values, color=shade, linewidth=0.9, label=f"{run.name} {depth}")
 
