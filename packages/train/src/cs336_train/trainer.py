@@ -225,7 +225,7 @@ def _train(config: TrainConfig, run_directory: RunDirectory, dist: distributed.D
                  + (f", validation loss {last:.4f}" if isinstance(last, float) else "")
                  + "; nothing to do (to train longer, start a new run with more run.steps)" if dist.is_main else None)
             return TrainResult(run_dir, progress["step"], progress["tokens"], progress["wall_s"],
-                               last if isinstance(last, float) else math.nan, "already finished")
+                               last if isinstance(last, float) else math.nan, "steps")
 
     wandb_run = start_wandb(run_dir, config.to_dict(), run.wandb_project) if run.wandb and dist.is_main else None
     log = MetricsLog(run_dir, wandb_run) if dist.is_main else None
