@@ -109,8 +109,9 @@ def write_checkpoint(state: dict, out: PathOrFile) -> None:
         with atomic_write(out, "wb") as handle:
             torch.save(state, handle)
     except (OSError, RuntimeError) as error:
-        if _disk_is_full(error, Path(out).parent, _size_estimate(state)):
-            raise DiskFullError(Path(out), _size_estimate(state)) from None
+        needed = _size_estimate(state)
+        if _disk_is_full(error, Path(out).parent, needed):
+            raise DiskFullError(Path(out), needed) from None
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"cannot write checkpoint {os.fspath(out)!r}: {first_line}") from None
 

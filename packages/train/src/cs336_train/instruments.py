@@ -69,11 +69,13 @@ class ParameterGroups:
 
     def norms(self, tensors_of) -> dict[str, float]:
         """{group: L2 norm of `tensors_of(parameter)` over the group's parameters}; one read back to the host."""
+        return self._norms([[tensors_of(parameter) for parameter in parameters] for parameters in self.parameters])
+
+    def _norms(self, tensors_by_group: list[list[Tensor | None]]) -> dict[str, float]:
         per_group = []
-        for parameters in self.parameters:
-            tensors = [tensors_of(parameter) for parameter in parameters]
-            tensors = [tensor.detach().float() for tensor in tensors if tensor is not None]
-            squares = [torch.linalg.vector_norm(tensor) ** 2 for tensor in tensors]
+        for tensors in tensors_by_group:
+            squares = [torch.linalg.vector_norm(tensor.detach().float()) ** 2
+                       for tensor in tensors if tensor is not None]
             per_group.append(torch.stack(squares).sum().sqrt() if squares else torch.zeros(()))
         return dict(zip(self.names, torch.stack(per_group).tolist(), strict=True))
 
@@ -89,13 +91,10 @@ class ParameterGroups:
 
     def update_ratios(self, before: list[list[Tensor]]) -> dict[str, float]:
         """{group: ||θ - θ_before|| / ||θ||} for the update made since `before` was taken."""
-        changes = {}
-        for name, parameters, old in zip(self.names, self.parameters, before, strict=True):
-            change = math.sqrt(sum(float(torch.sum((p.detach().float() - o.float()) ** 2))
-                                   for p, o in zip(parameters, old, strict=True)))
-            size = math.sqrt(sum(float(torch.sum(p.detach().float() ** 2)) for p in parameters))
-            changes[name] = change / size if size else 0.0
-        return changes
+        changes = self._norms([[parameter.detach() - old for parameter, old in zip(parameters, olds, strict=True)]
+                               for parameters, olds in zip(self.parameters, before, strict=True)])
+        sizes = self.weight_norms()
+        return {name: changes[name] / sizes[name] if sizes[name] else 0.0 for name in self.names}
 
 
 class ActivationProbe:

@@ -45,25 +45,37 @@ def run_pipeline(config: TrainConfig, train_text: Path, valid_text: Path, run_di
 
 def _run_pipeline(config: TrainConfig, train_text: Path, valid_text: Path, run_dir: Path,
                   say: Callable[[str], None], num_samples: int) -> TrainResult:
-    try:
-        say(f"[1/4] training a {config.model.vocab_size}-token BPE tokenizer on {train_text}")
-        vocab, merges = train_bpe(train_text, config.model.vocab_size, [END_OF_TEXT])
-        tokenizer = Tokenizer(vocab, merges, [END_OF_TEXT])
-        tokenizer_dir = tokenizer.save(run_dir / "tokenizer")
-        say(f"[2/4] encoding {train_text} and {valid_text}")
-        data_dir = run_dir / "data"
-        for split, text in (("train", train_text), ("valid", valid_text)):
-            metadata = encode_file(tokenizer, text, data_dir / f"{split}.bin")
-            say(f"      {split}: {metadata['num_tokens']:,} tokens")
-    except BPEInputError as error:
-        raise DataError(str(error)) from None
-    config = replace(config, data=replace(config.data, train=str(data_dir / "train.bin"),
-                                          valid=str(data_dir / "valid.bin"), tokenizer=str(tokenizer_dir)))
+    say(f"[1/4] training a {config.model.vocab_size}-token BPE tokenizer on {train_text}")
+    say(f"[2/4] encoding {train_text} and {valid_text}")
+    files = tokenize_texts(train_text, valid_text, config.model.vocab_size, run_dir / "tokenizer", run_dir / "data",
+                           say=lambda line: say(f"      {line}"))
+    config = replace(config, data=replace(config.data, train=str(files["train"]), valid=str(files["valid"]),
+                                          tokenizer=str(files["tokenizer"])))
     say(f"[3/4] training ({config.run.steps} steps of {config.run.batch_size} x {config.model.context_length} tokens)")
     result = train(config, run_dir)
     say(f"[4/4] writing samples to {run_dir / 'samples.txt'}")
     write_samples(run_dir, SAMPLE_PROMPTS[:num_samples])
     return result
+
+
+def tokenize_texts(train_text: Path, valid_text: Path, vocab_size: int, tokenizer_dir: Path, data_dir: Path,
+                   say: Callable[[str], None] = print) -> dict[str, Path]:
+    """Train a `vocab_size` BPE tokenizer on `train_text` (<|endoftext|> its one special token; 257 = byte-level:
+    the 256 bytes and <|endoftext|>, no merges) and encode both texts with it.
+
+    Returns {"tokenizer": tokenizer_dir, "train": data_dir/train.bin, "valid": data_dir/valid.bin}.
+    """
+    try:
+        vocab, merges = train_bpe(train_text, vocab_size, [END_OF_TEXT])
+        tokenizer = Tokenizer(vocab, merges, [END_OF_TEXT])
+        files = {"tokenizer": tokenizer.save(tokenizer_dir)}
+        for split, text in (("train", train_text), ("valid", valid_text)):
+            files[split] = data_dir / f"{split}.bin"
+            metadata = encode_file(tokenizer, text, files[split])
+            say(f"{split}: {metadata['num_tokens']:,} tokens ({files[split]})")
+    except BPEInputError as error:
+        raise DataError(str(error)) from None
+    return files
 
 
 def write_samples(run_dir: Path, prompts: tuple[str, ...], max_new_tokens: int = 200, seed: int = 0) -> Path:

@@ -13,10 +13,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from cs336_bpe import BPEInputError, Tokenizer, atomic_write, encode_file, train_bpe
+from cs336_bpe import atomic_write
 from cs336_train.errors import DataError
+from cs336_train.pipeline import tokenize_texts
 
-END_OF_TEXT = "<|endoftext|>"
 SOURCES_FILE = "sources.json"
 
 
@@ -36,10 +36,8 @@ def text_sources(train_text: Path, valid_text: Path, vocab_size: int) -> dict:
 
 def prepare_token_files(directory: Path, train_text: Path, valid_text: Path, vocab_size: int,
                         say: Callable[[str], None]) -> Path:
-    """Make (or reuse) `directory`'s tokenizer and token files for `vocab_size`; returns the directory.
-
-    vocab_size 257 is byte-level: the 256 bytes and <|endoftext|>, no merges.
-    """
+    """Make (or reuse) `directory`'s tokenizer and token files for `vocab_size` (as the pipeline does:
+    `pipeline.tokenize_texts`); returns the directory."""
     sources = text_sources(train_text, valid_text, vocab_size)
     marker = directory / SOURCES_FILE
     if marker.is_file():
@@ -49,16 +47,9 @@ def prepare_token_files(directory: Path, train_text: Path, valid_text: Path, voc
         raise DataError(f"{str(directory)!r} was made from {recorded.get('train_text')!r} "
                         f"({recorded.get('train_bytes')} bytes), not {str(train_text)!r} ({sources['train_bytes']} "
                         "bytes): give this experiment another --out directory, or delete that one to rebuild it")
-    say(f"data: training a {vocab_size:,}-token tokenizer on {train_text}")
-    try:
-        vocab, merges = train_bpe(train_text, vocab_size, [END_OF_TEXT])
-        tokenizer = Tokenizer(vocab, merges, [END_OF_TEXT])
-        tokenizer.save(directory / "tokenizer")
-        for split, text in (("train", train_text), ("valid", valid_text)):
-            metadata = encode_file(tokenizer, text, directory / f"{split}.bin")
-            say(f"data: {split} = {metadata['num_tokens']:,} tokens ({directory / f'{split}.bin'})")
-    except BPEInputError as error:
-        raise DataError(str(error)) from None
+    say(f"data: training a {vocab_size:,}-token tokenizer on {train_text} and encoding both texts")
+    tokenize_texts(train_text, valid_text, vocab_size, directory / "tokenizer", directory,
+                   say=lambda line: say(f"data: {line}"))
     with atomic_write(marker, "w", encoding="utf-8") as handle:
         json.dump(sources, handle, indent=1)
     return directory

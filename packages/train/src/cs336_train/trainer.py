@@ -16,7 +16,7 @@ import contextlib
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -128,11 +128,6 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> TrainConfig:
                 f"`cs336-train fit`, or change only run.{{{', '.join(sorted(RESUMABLE_OVERRIDES))}}}"
             )
     return TrainConfig.from_toml(path, overrides)
-
-
-def current_fingerprint(stored: str | None, run_dir: Path) -> str | None:
-    """A fingerprint stored in a checkpoint of `run_dir`, in today's form (see RunDirectory.current_fingerprint)."""
-    return RunDirectory(run_dir).current_fingerprint(stored)
 
 
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, config: TrainConfig, device: torch.device,
@@ -349,10 +344,10 @@ class StepContext:
     micro_batch: int
     dist: distributed.Distributed
     device: torch.device
+    parameters: list[torch.nn.Parameter] = field(init=False)  # every trainable one, for clipping and all-reduce
 
-    @property
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return [parameter for group in self.groups.parameters for parameter in group]
+    def __post_init__(self):
+        self.parameters = [parameter for group in self.groups.parameters for parameter in group]
 
 
 @dataclass
