@@ -24,9 +24,13 @@ import click
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, wandb_run=None):
+    """Writes each record to metrics.jsonl, to wandb when on, and to the console (console.py: a `TrainingConsole`,
+    or plain lines on stderr when none is given)."""
+
+    def __init__(self, run_dir: Path, wandb_run=None, console=None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.wandb_run = wandb_run
+        self.console = console
 
     def write(self, record: dict) -> None:
         # One short append per line, flushed at once: a killed run loses at most the line being written.
@@ -36,7 +40,10 @@ class MetricsLog:
             kind = record["kind"]
             self.wandb_run.log({f"{kind}/{key}": value for key, value in record.items()
                                 if key not in ("kind", "step")}, step=record["step"])
-        click.echo(format_record(record), err=True)
+        if self.console is not None:
+            self.console.record(record)
+        else:
+            click.echo(format_record(record), err=True)
 
 
 def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float | None) -> float | None:
