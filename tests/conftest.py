@@ -1,4 +1,10 @@
-"""Shared fixtures: where the course fixtures and the shared corpora live, and the GPT-2 reference encoders."""
+"""Shared fixtures: where the course fixtures and the shared corpora live, and the GPT-2 reference encoders.
+
+Course fixtures: $CS336_FIXTURES, else ../shared/fixtures, else fetched once from the course repository at a pinned
+commit into a cache (tests/course_fixtures.py). Corpora: $CS336_DATA, else ../shared/data, else a folder holding
+just tinystories/train.txt and valid.txt from the sample cs336-train bundles (the same bytes as ../shared/data's);
+tests reading anything else from it (the OpenWebText sample) skip, saying where to get it.
+"""
 
 import json
 import os
@@ -6,26 +12,73 @@ from pathlib import Path
 
 import pytest
 
+from tests.course_fixtures import FixtureMismatch, FixturesUnavailable, locate_fixtures
+
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("CS336_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-DATA = Path(os.environ.get("CS336_DATA", ROOT.parent / "shared" / "data"))
+SHARED = ROOT.parent / "shared"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent: set CS336_FIXTURES / CS336_DATA to the shared folders")
-    return path
+# Set by data_dir when it is the bundled-sample folder: reads of files it lacks become skips (see below).
+_BUNDLED_DATA_VIEW: list[Path] = []
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    return _require(FIXTURES)
+    try:
+        return locate_fixtures(SHARED / "fixtures")
+    except FixtureMismatch as error:  # bytes that are not the course's: an error to see, not a skip to overlook
+        pytest.fail(str(error), pytrace=False)
+    except FixturesUnavailable as error:
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    return _require(DATA)
+def data_dir(tmp_path_factory) -> Path:
+    explicit = os.environ.get("CS336_DATA")
+    if explicit:
+        if not Path(explicit).expanduser().is_dir():
+            pytest.skip(f"CS336_DATA={explicit} is not a folder: point it at the shared corpora, or unset it")
+        return Path(explicit).expanduser()
+    if (SHARED / "data").is_dir():
+        return SHARED / "data"
+    from cs336_train.bundled_data import tinystories_sample
+    from cs336_train.errors import DataError
+
+    try:
+        sample = tinystories_sample()
+    except DataError as error:
+        pytest.skip(f"no ../shared/data and the bundled TinyStories sample is unusable: {error}")
+    view = tmp_path_factory.mktemp("data")
+    (view / "tinystories").mkdir()
+    for split, path in sample.items():
+        link = view / "tinystories" / f"{split}.txt"
+        try:
+            link.symlink_to(path)
+        except OSError:  # no symlinks here (Windows without developer mode): a copy, 4.8 MB
+            link.write_bytes(path.read_bytes())
+    _BUNDLED_DATA_VIEW.append(view)
+    return view
+
+
+def _missing_data_message(path: Path) -> str | None:
+    """For a file absent from the bundled-sample data folder, the skip reason; None for any other path."""
+    for view in _BUNDLED_DATA_VIEW:
+        if path.is_relative_to(view) and not path.exists():
+            relative = path.relative_to(view).as_posix()
+            return (f"{relative} is not on this machine: without ../shared/data the corpora come from the TinyStories "
+                    "sample bundled in cs336-train, and the OpenWebText sample is neither bundled nor in the course "
+                    f"repository; set CS336_DATA to a folder holding {relative} (CI has ../shared/data)")
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    try:
+        return (yield)
+    except FileNotFoundError as error:
+        message = error.filename and _missing_data_message(Path(error.filename))
+        if message:
+            pytest.skip(message)
+        raise
 
 
 def gpt2_byte_decoder() -> dict[str, int]:
@@ -75,7 +128,10 @@ def fresh_gpt2_tokenizer(fixtures_dir):
 
 @pytest.fixture(scope="session")
 def owt_text(data_dir) -> str:
-    return (data_dir / "owt" / "owt_valid_sample.txt").read_text(encoding="utf-8")
+    path = data_dir / "owt" / "owt_valid_sample.txt"
+    if message := _missing_data_message(path):
+        pytest.skip(message)
+    return path.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
