@@ -7,7 +7,7 @@
     'Once upon a time'
 """
 
-from cs336_bpe.atomic import atomic_write
+from cs336_bpe.atomic import atomic_write, ensure_writable_directory
 from cs336_bpe.corpus import encode_file, open_token_file, read_token_metadata
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.pretokenize import GPT2_PRETOKEN_PATTERN, count_pretokens, pretokenize
@@ -17,6 +17,7 @@ from cs336_bpe.training import train_bpe
 __all__ = [
     "BPEInputError",
     "atomic_write",
+    "ensure_writable_directory",
     "encode_file",
     "open_token_file",
     "read_token_metadata",

@@ -1,9 +1,10 @@
-"""The `cs336-bpe` command line: train, encode, decode, stats.
+"""The `cs336-bpe` command line: train, encode, decode, stats, export.
 
     cs336-bpe train ../shared/data/tinystories/train.txt --vocab-size 10000 --out tokenizers/tinystories
     cs336-bpe encode tokenizers/tinystories ../shared/data/tinystories/train.txt data/train.bin
     cs336-bpe decode tokenizers/tinystories data/train.bin --count 200
     cs336-bpe stats tokenizers/tinystories --text ../shared/data/tinystories/valid.txt
+    cs336-bpe export tokenizers/tinystories exported/tinystories --format hf
 """
 
 import functools
@@ -197,6 +198,23 @@ def stats(tokenizer_dir, text_path, other_dir, top):
         click.echo(f"vs {other_dir}: {overlap.shared} tokens shared, {overlap.only_first} only here, "
                    f"{overlap.only_second} only there")
     _summary("stats", started)
+
+
+@main.command()
+@click.argument("tokenizer_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--format", "export_format", type=click.Choice(["hf", "tiktoken"]), required=True,
+              help="hf: tokenizer.json + tokenizer_config.json (HF tokenizers, transformers' AutoTokenizer); "
+                   "tiktoken: tokenizer.tiktoken + tiktoken_config.json (OpenAI's tiktoken).")
+@click.option("--context-length", type=click.IntRange(min=1), default=None,
+              help="hf: the context length of the model the tokenizer goes with (model_max_length).")
+@_friendly_errors
+def export(tokenizer_dir, out_dir, export_format, context_length):
+    """Write the tokenizer in TOKENIZER_DIR into OUT_DIR for HF tokenizers or tiktoken, which then give our ids."""
+    started = time.perf_counter()
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    tokenizer.save(out_dir, format=export_format, model_max_length=context_length)
+    _summary(f"exported vocab {tokenizer.vocab_size} as {export_format} -> {out_dir}", started)
 
 
 if __name__ == "__main__":

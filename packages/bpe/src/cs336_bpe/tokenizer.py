@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cs336_bpe import gpt2_format
+from cs336_bpe import gpt2_format, hf_format, tiktoken_format
 from cs336_bpe.atomic import atomic_write, ensure_writable_directory
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.pretokenize import (
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from cs336_bpe.word_sharing import WordExchange
 
 VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
+SAVE_FORMATS = ("gpt2", "hf", "tiktoken")  # see `Tokenizer.save`
 # Caches are cleared when they reach this many entries, bounding memory on endless streams of new words.
 CACHE_MAX_ENTRIES = 1 << 20
 BLOCK_CHARS = 1 << 13  # ordinary text is encoded in blocks of about this many characters
@@ -192,27 +193,47 @@ class Tokenizer:
         return cls(gpt2_format.read_vocab(vocab_filepath), gpt2_format.read_merges(merges_filepath), special_tokens)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "Tokenizer":
-        """Load a tokenizer saved with `save` (``vocab.json``, ``merges.txt``, ``special_tokens.json``)."""
-        directory = Path(directory)
-        if not (directory / VOCAB_FILE).exists():
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """Load a tokenizer saved with `save`: a directory with ``vocab.json``, ``merges.txt`` and
+        ``special_tokens.json`` (format "gpt2"), or a Hugging Face ``tokenizer.json`` (format "hf": the file
+        itself or a directory holding it; any byte-level BPE one, see `hf_format`)."""
+        path = Path(path)
+        if path.is_file() and path.suffix == ".json":
+            return cls(*hf_format.read_tokenizer_json(path))
+        if not (path / VOCAB_FILE).exists() and (path / hf_format.TOKENIZER_FILE).exists():
+            return cls(*hf_format.read_tokenizer_json(path / hf_format.TOKENIZER_FILE))
+        if not (path / VOCAB_FILE).exists():
             raise BPEInputError(
-                f"{str(directory)!r} is not a tokenizer directory: it has no {VOCAB_FILE}; "
-                "train one with `cs336-bpe train` or point to the right directory"
+                f"{str(path)!r} is not a tokenizer directory: it has no {VOCAB_FILE} (nor a Hugging Face "
+                f"{hf_format.TOKENIZER_FILE}); train one with `cs336-bpe train` or point to the right directory"
             )
         special_tokens = None
-        if (directory / SPECIAL_TOKENS_FILE).exists():
-            special_tokens = json.loads((directory / SPECIAL_TOKENS_FILE).read_text(encoding="utf-8"))
-        return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, special_tokens)
+        if (path / SPECIAL_TOKENS_FILE).exists():
+            special_tokens = json.loads((path / SPECIAL_TOKENS_FILE).read_text(encoding="utf-8"))
+        return cls.from_files(path / VOCAB_FILE, path / MERGES_FILE, special_tokens)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``vocab.json``, ``merges.txt`` and ``special_tokens.json`` into `directory` (each atomically)."""
+    def save(self, directory: str | os.PathLike, format: str = "gpt2", model_max_length: int | None = None) -> Path:
+        """Write the tokenizer into `directory`, each file atomically, in one of three formats:
+
+        - "gpt2" (what `load` reads by default): ``vocab.json``, ``merges.txt``, ``special_tokens.json``;
+        - "hf": ``tokenizer.json`` and ``tokenizer_config.json``, for HF tokenizers and transformers'
+          `AutoTokenizer` (`model_max_length`: the context length of the model it goes with);
+        - "tiktoken": ``tokenizer.tiktoken`` and ``tiktoken_config.json``, for OpenAI's tiktoken (one-way:
+          `tiktoken_format.load_tiktoken_encoding` reads it into tiktoken, not back into a `Tokenizer`).
+        """
+        if format not in SAVE_FORMATS:
+            raise BPEInputError(f"tokenizer format {format!r} is not one of {', '.join(SAVE_FORMATS)}")
         directory = ensure_writable_directory(directory)
-        gpt2_format.write_vocab(self.vocab, directory / VOCAB_FILE)
-        gpt2_format.write_merges(self.merges, directory / MERGES_FILE)
-        with atomic_write(directory / SPECIAL_TOKENS_FILE, "w", encoding="utf-8") as handle:
-            json.dump(self.special_tokens, handle, ensure_ascii=False)
-            handle.write("\n")
+        if format == "hf":
+            hf_format.write_tokenizer_files(self, directory, model_max_length)
+        elif format == "tiktoken":
+            tiktoken_format.write_tiktoken_files(self, directory)
+        else:
+            gpt2_format.write_vocab(self.vocab, directory / VOCAB_FILE)
+            gpt2_format.write_merges(self.merges, directory / MERGES_FILE)
+            with atomic_write(directory / SPECIAL_TOKENS_FILE, "w", encoding="utf-8") as handle:
+                json.dump(self.special_tokens, handle, ensure_ascii=False)
+                handle.write("\n")
         return directory
 
     def share_new_words(self, exchange: "WordExchange | None") -> None:

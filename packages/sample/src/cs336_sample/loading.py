@@ -6,6 +6,9 @@ once, in cs336-train (`cs336_train.run_directory`, `cs336_train.checkpoint`); th
     RUN/checkpoints/step_00005000.pt   the newest step checkpoint is used (best.pt when there is none)
     RUN/tokenizer/                     the run's tokenizer
 
+A weights file from `cs336-train export --format safetensors` loads the same way (cs336-train reads it into the
+same dict), but it holds no tokenizer and sits in no run directory: give its tokenizer (`tokenizer_dir`).
+
 A checkpoint is read with weights_only=True (it cannot run code on load) and its SHA-256 is checked, so a
 damaged file is refused instead of silently giving other text. Every problem is a `SampleError` naming the file
 and what to do, because a wrong tokenizer does not crash: it silently produces nonsense text.
@@ -21,7 +24,7 @@ from cs336_sample.errors import SampleError
 from cs336_train import CheckpointError, RunDirectory
 from cs336_train import read_checkpoint as read_verified_checkpoint
 from cs336_train.checkpoint import FORMAT_VERSION as CHECKPOINT_FORMAT_VERSION
-from cs336_train.checkpoint import NewerFormatError
+from cs336_train.checkpoint import WEIGHTS_SUFFIX, NewerFormatError
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -76,6 +79,9 @@ def build_model(checkpoint: dict, path: Path, device: str | torch.device) -> Tra
 
 def load_tokenizer(checkpoint_path: Path, tokenizer_dir: str | Path | None) -> Tokenizer:
     """The tokenizer in `tokenizer_dir`, by default the run's: <checkpoint's parent's parent>/tokenizer."""
+    if tokenizer_dir is None and checkpoint_path.suffix == WEIGHTS_SUFFIX:
+        raise SampleError(f"{str(checkpoint_path)!r} holds weights only, no tokenizer; pass the tokenizer the model "
+                          "was trained with (--tokenizer RUN/tokenizer in the CLI)")
     directory = (Path(tokenizer_dir) if tokenizer_dir is not None
                  else RunDirectory(checkpoint_path.parent.parent).tokenizer_dir)
     if not directory.is_dir():

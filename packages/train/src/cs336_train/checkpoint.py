@@ -21,11 +21,20 @@ Safety, four ways:
 - Loading uses `torch.load(weights_only=True)`, which rebuilds tensors and plain containers only and never runs
   code from the file (a plain `torch.load` unpickles arbitrary objects, so a checkpoint could run anything).
 - Version 1 files (before the SHA-256) still load: their CRC-32s are checked.
+
+A weights file (`save_weights`, `cs336-train export --format safetensors`) is the other kind of file
+`read_checkpoint` reads: a ``.safetensors`` file with the model's weights under our names, and in its text
+metadata what is needed to rebuild and check the model (configuration, step, tokenizer fingerprint, SHA-256).
+Why safetensors: the file is a JSON header plus raw tensor bytes, so loading it can never run code (a pickle
+can, and `torch.load(weights_only=True)` is a guard around a format that could), it loads without torch
+(numpy, JAX, Rust, llama.cpp's converters read it) and it can be memory-mapped. It cannot hold the optimizer
+state or random states, so a run cannot *resume* from it: it is for sampling, evaluating and sharing.
 """
 
 import errno
 import hashlib
 import io
+import json
 import os
 import pickle
 import shutil
@@ -41,6 +50,9 @@ from cs336_train.errors import CheckpointError
 FORMAT = "cs336-checkpoint"
 FORMAT_VERSION = 2
 CHECKSUM_KEY = "sha256"
+WEIGHTS_FORMAT = "cs336-weights"  # a .safetensors file from `save_weights`
+WEIGHTS_FORMAT_VERSION = 1
+WEIGHTS_SUFFIX = ".safetensors"
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
@@ -178,6 +190,8 @@ def read_checkpoint(src: PathOrFile, map_location: str | torch.device = "cpu") -
     `torch.load(weights_only=True)`, then the format tag and version, then the stored SHA-256 of the content.
     """
     name = os.fspath(src) if isinstance(src, str | os.PathLike) else getattr(src, "name", "<file object>")
+    if isinstance(src, str | os.PathLike) and Path(src).suffix == WEIGHTS_SUFFIX:
+        return read_weights(src, map_location)
     if isinstance(src, str | os.PathLike):
         if not Path(src).is_file():
             raise CheckpointError(f"checkpoint {name!r} does not exist")
@@ -249,6 +263,70 @@ def _unpickle(src: PathOrFile, name: str, map_location) -> object:
         raise CheckpointError(
             f"checkpoint {name!r} is corrupt ({type(error).__name__} while unpickling); use an earlier one"
         ) from None
+
+
+def save_weights(state: dict, path: str | os.PathLike) -> Path:
+    """Write a checkpoint's weights, with its configuration, step and tokenizer fingerprint, as safetensors.
+
+    Tied embeddings are one tensor under two names; safetensors refuses shared tensors, so `lm_head.weight` is
+    left out and `read_weights` puts it back. Written atomically, like checkpoints.
+    """
+    from safetensors.torch import save
+
+    config = state.get("config") or {}
+    weights = {key.removeprefix("_orig_mod."): value.detach().to("cpu").contiguous()
+               for key, value in state["model"].items()}
+    if config.get("model", {}).get("tie_embeddings"):
+        weights.pop("lm_head.weight", None)
+    progress = state.get("progress") or {}
+    metadata = {
+        "format": "pt",  # what transformers and other readers of safetensors expect
+        "cs336_format": WEIGHTS_FORMAT, "cs336_format_version": str(WEIGHTS_FORMAT_VERSION),
+        "config": json.dumps(config), "iteration": str(state["iteration"]),
+        "tokens": str(progress.get("tokens", "")), "valid_loss": json.dumps(state.get("valid_loss")),
+        "tokenizer_fingerprint": state.get("tokenizer_fingerprint") or "",
+        CHECKSUM_KEY: content_sha256(dict(sorted(weights.items()))),
+    }
+    path = Path(path)
+    try:
+        with atomic_write(path, "wb") as handle:
+            handle.write(save(weights, metadata=metadata))
+    except OSError as error:
+        raise CheckpointError(f"cannot write weights file {str(path)!r}: {error.strerror or error}") from None
+    return path
+
+
+def read_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A weights file from `save_weights`, verified, as a checkpoint-shaped dict (model, config, iteration ...)
+    that `cs336-sample` and `cs336-train eval` use as they use a checkpoint."""
+    from safetensors import SafetensorError, safe_open
+
+    name = os.fspath(path)
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights file {name!r} does not exist")
+    try:
+        with safe_open(name, framework="pt", device=str(map_location)) as handle:
+            metadata = handle.metadata() or {}
+            weights = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not iterable)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{name!r} is not a readable safetensors file ({error}); export it again") from None
+    if metadata.get("cs336_format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{name!r} holds weights without cs336's configuration (no cs336_format in its "
+                              "metadata); give a file written by `cs336-train export --format safetensors`")
+    if int(metadata.get("cs336_format_version", 0)) > WEIGHTS_FORMAT_VERSION:
+        raise NewerFormatError(name, int(metadata["cs336_format_version"]))
+    if metadata.get(CHECKSUM_KEY) != content_sha256(dict(sorted(weights.items()))):
+        raise CheckpointError(f"weights file {name!r} is damaged: its tensors do not match the SHA-256 stored in it; "
+                              "export it again")
+    config = json.loads(metadata["config"])
+    if config.get("model", {}).get("tie_embeddings"):
+        weights["lm_head.weight"] = weights["token_embeddings.weight"]
+    return {
+        "format": WEIGHTS_FORMAT, "format_version": WEIGHTS_FORMAT_VERSION, "iteration": int(metadata["iteration"]),
+        "model": weights, "config": config, "valid_loss": json.loads(metadata.get("valid_loss", "null")),
+        "tokenizer_fingerprint": metadata.get("tokenizer_fingerprint") or None,
+        "progress": {"tokens": int(metadata["tokens"])} if metadata.get("tokens") else {},
+    }
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
