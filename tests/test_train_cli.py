@@ -19,7 +19,7 @@ def _invoke(*arguments):
 
 
 def test_every_command_has_help():
-    for command in ("fit", "resume", "eval", "account", "plot", "download", "pipeline"):
+    for command in ("fit", "resume", "eval", "account", "plot", "download", "pipeline", "sweep", "configs"):
         result = _invoke(command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
 
@@ -44,7 +44,7 @@ def test_fit_then_eval_then_plot(token_files, tmp_path):
 
 
 def test_account_prints_parameters_flops_and_memory():
-    result = _invoke("account", "configs/tinystories_cpu.toml")
+    result = _invoke("account", "tinystories_cpu")
     assert result.exit_code == 0, result.output
     # d_model 256, 4 layers, d_ff 704, vocab 10000, untied: 2·V·d + L·(4d² + 3·d·d_ff + 2d) + d
     parameters = 2 * 10000 * 256 + 4 * (4 * 256**2 + 3 * 256 * 704 + 2 * 256) + 256

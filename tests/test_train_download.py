@@ -536,3 +536,43 @@ def test_the_command_exits_1_with_one_line_on_a_tampered_file_and_0_on_the_origi
     accepted = CliRunner().invoke(main, arguments)
     assert accepted.exit_code == 0, accepted.output
     assert accepted.output.strip().endswith(str(tmp_path / "TinyStoriesV2-GPT4-train.txt"))
+
+
+# --- what the command says before it starts and after it ends ----------------------------------------------------
+
+
+def test_the_command_says_size_time_and_the_command_to_train_before_any_byte_moves(server, tmp_path):
+    dest = tmp_path / "data"
+    first = CliRunner().invoke(main, ["download", "tinystories", str(dest), "--base-url", server.url])
+    assert first.exit_code == 0, first.output
+    lines = first.output.splitlines()
+    megabytes = (len(FILES[TINYSTORIES_TRAIN]) + len(FILES[TINYSTORIES_VALID])) / 1e6
+    assert lines[0] == (f"downloading TinyStories V2 (GPT-4 stories) into {dest}/: {megabytes:,.1f} MB to fetch, "
+                        "under a minute at 10 MB/s (a 100 Mbit/s line)")
+    follow_on = f"cs336-train pipeline --dataset tinystories --data-dir {dest}"
+    assert lines[1] == f"then train on it with: {follow_on}"
+    assert lines[-1] == f"next: {follow_on}"
+    assert server.requests  # the plan came first, then the download
+
+    again = CliRunner().invoke(main, ["download", "tinystories", str(dest), "--base-url", server.url])
+    assert again.output.splitlines()[0].endswith("already downloaded, to be verified")
+
+
+def test_the_estimate_counts_only_what_is_left_at_a_typical_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "PINNED", SHIPPED_PINS)
+    assert download.describe_download("tinystories", "data") == (
+        "TinyStories V2 (GPT-4 stories) into data/: 2,250.3 MB to fetch, about 4 minutes at 10 MB/s "
+        "(a 100 Mbit/s line)")
+    (tmp_path / "owt_train.txt.gz.part").write_bytes(b"x" * 1_000_000)  # 1 MB of an interrupted download
+    (tmp_path / "owt_valid.txt").write_text("already here")
+    assert download.describe_download("owt", tmp_path) == (
+        f"the CS336 OpenWebText sample into {tmp_path}/: 4,590.2 MB to fetch, about 8 minutes at 10 MB/s "
+        "(a 100 Mbit/s line); then decompressed")
+    assert download.next_command("owt", "data") == "cs336-train pipeline --dataset owt"
+
+
+def test_one_split_gets_no_command_to_train_which_needs_both(server, tmp_path):
+    result = CliRunner().invoke(main, ["download", "tinystories", str(tmp_path), "--split", "valid",
+                                       "--base-url", server.url])
+    assert result.exit_code == 0, result.output
+    assert "cs336-train pipeline" not in result.output

@@ -1,8 +1,8 @@
 """cs336-train: data loading, checkpoints, the training loop and the `cs336-train` CLI (handout §5).
 
-    >>> from cs336_train import TrainConfig, train
+    >>> from cs336_train import TrainConfig, resolve_config, train
     >>> overrides = ["data.train=train.bin", "data.valid=valid.bin"]
-    >>> config = TrainConfig.from_toml("configs/tinystories_cpu.toml", overrides)  # doctest: +SKIP
+    >>> config = TrainConfig.from_toml(resolve_config("tinystories_cpu"), overrides)  # doctest: +SKIP
     >>> result = train(config, "runs/first")                                      # doctest: +SKIP
 
 The names below are imported on first use (PEP 562 `__getattr__`), not when the package is imported: torch
@@ -16,6 +16,7 @@ _EXPORTS = {
     "load_checkpoint": "checkpoint", "read_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "write_checkpoint": "checkpoint",
     "DataConfig": "config", "OptimizerConfig": "config", "RunConfig": "config", "TrainConfig": "config",
+    "bundled_configs": "config_files", "resolve_config": "config_files", "tinystories_sample": "bundled_data",
     "get_batch": "data", "open_tokens": "data", "validation_batches": "data",
     "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors", "TrainError": "errors",
     "TrainingDiverged": "errors",

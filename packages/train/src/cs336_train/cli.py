@@ -1,13 +1,15 @@
-"""The `cs336-train` command: fit, resume, eval, account, plot, download, pipeline, sweep and report.
+"""The `cs336-train` command: fit, resume, eval, account, plot, download, pipeline, sweep, report, configs, export.
 
+    cs336-train pipeline                                   # the bundled TinyStories sample -> a trained model
     cs336-train pipeline --train-text train.txt --valid-text valid.txt --out runs/first
-    cs336-train fit configs/tinystories_cpu.toml --out runs/lr1e-3 --set optimizer.lr=1e-3
+    cs336-train fit tinystories_cpu --out runs/lr1e-3 --set optimizer.lr=1e-3
     cs336-train resume runs/lr1e-3
     cs336-train plot runs/first runs/lr1e-3 --out curves.png
     cs336-train sweep experiments/learning_rate.toml        # a handout §7 experiment, then its report
 
 Problems the user can fix (a bad config, missing data, a corrupt checkpoint) print one clear message and exit
-with status 1, without a traceback; an interrupted run exits with 128 + the signal number after saving.
+with status 1, without a traceback; an interrupted run exits with 128 + the signal number after saving. A CONFIG
+is a TOML file or the name of a configuration bundled with cs336-train (`cs336-train configs` lists them).
 """
 
 import functools
@@ -18,11 +20,11 @@ from pathlib import Path
 import click
 
 from cs336_train.errors import Interrupted, TrainError
+from cs336_train.export import export_command
 
 # Only click is imported here; each command imports what it needs (torch among it) inside `_friendly_errors`,
 # so that `--help` is instant and a Ctrl-C during start-up exits with 130 and one line, not a traceback.
 
-DEFAULT_CONFIG = Path("configs/tinystories_cpu.toml")
 override_option = click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
     help="Override one setting, e.g. --set optimizer.lr=1e-3 --set run.steps=500 (repeatable).",
@@ -66,16 +68,21 @@ def main():
     """Train Transformer language models: from raw text to a trained model, with runs you cannot lose."""
 
 
+# `export` lives with its logic in export.py (click and the standard library only, so --help stays fast).
+main.add_command(export_command)
+
 @main.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.argument("config_name", metavar="CONFIG")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<config>-<time>).")
 @override_option
 @_friendly_errors
-def fit(config_path: Path, out: Path | None, overrides: tuple[str, ...]):
-    """Train a model from a TOML configuration (see configs/) on encoded token files."""
+def fit(config_name: str, out: Path | None, overrides: tuple[str, ...]):
+    """Train a model from CONFIG (a TOML file or a bundled name, see `cs336-train configs`) on token files."""
     from cs336_train.config import TrainConfig
+    from cs336_train.config_files import resolve_config
     from cs336_train.trainer import train
 
+    config_path = resolve_config(config_name)
     config = TrainConfig.from_toml(config_path, list(overrides))
     _summary(train(config, out or _default_out(config_path)))
 
@@ -120,24 +127,25 @@ def eval_command(checkpoint: Path, token_file: Path, device: str, batch_size: in
 
 
 @main.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.argument("config_name", metavar="CONFIG")
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Steps on the one batch.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Sequences in it.")
 @click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Constant learning rate (after a short warm-up).")
 @override_option
 @_friendly_errors
-def overfit(config_path: Path, steps: int, batch_size: int, lr: float, overrides: tuple[str, ...]):
+def overfit(config_name: str, steps: int, batch_size: int, lr: float, overrides: tuple[str, ...]):
     """Check that the model of CONFIG can memorise one batch of its training data (run this first).
 
     The loss must fall near zero (0.1) in a few hundred steps; if it does not, the message says what that
     points to. Needs data.train (e.g. --set data.train=runs/first/data/train.bin); exit status 1 on failure.
     """
     from cs336_train.config import TrainConfig
+    from cs336_train.config_files import resolve_config
     from cs336_train.overfit import overfit_one_batch
 
     placeholder_valid = [] if "data.valid" in " ".join(overrides) else ['data.valid="-"']
-    config = TrainConfig.from_toml(config_path, placeholder_valid + list(overrides))
+    config = TrainConfig.from_toml(resolve_config(config_name), placeholder_valid + list(overrides))
     result = overfit_one_batch(config, steps=steps, batch_size=batch_size, lr=lr,
                                say=lambda line: click.echo(line, err=True))
     if not result.passed:
@@ -146,26 +154,28 @@ def overfit(config_path: Path, steps: int, batch_size: int, lr: float, overrides
 
 
 @main.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
+@click.argument("config_name", metavar="CONFIG", default="tinystories_cpu")
 @click.option("--preset", type=click.Choice(["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"]),
               help="Instead of a CONFIG: the handout's transformer_accounting and adamw_accounting answers for "
                    "this GPT-2 size.")
 @override_option
 @_friendly_errors
-def account(config_path: Path, preset: str | None, overrides: tuple[str, ...]):
-    """Parameters, FLOPs and training memory of a configuration (no data needed).
+def account(config_name: str, preset: str | None, overrides: tuple[str, ...]):
+    """Parameters, FLOPs and training memory of CONFIG (default: tinystories_cpu; no data needed).
 
     With --preset: the handout's written accounting problems for a GPT-2 size, computed (cs336_nn.accounting).
     """
     from cs336_train.accounting_report import accounting_report, handout_report
     from cs336_train.config import TrainConfig
+    from cs336_train.config_files import resolve_config
 
     if preset:  # a CONFIG or --set given with it would be silently ignored, so they are refused
-        source = click.get_current_context().get_parameter_source("config_path")
+        source = click.get_current_context().get_parameter_source("config_name")
         if overrides or source is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--preset reports the handout's fixed GPT-2 shapes: give it without CONFIG or --set")
         click.echo(handout_report(preset))
         return
+    config_path = resolve_config(config_name)
     values = TrainConfig.from_toml(config_path, list(overrides) + _placeholder_data(config_path))
     click.echo(accounting_report(values))
 
@@ -174,7 +184,10 @@ def _placeholder_data(config_path: Path) -> list[str]:
     # Accounting needs no data files; fill the data section only where the config leaves it empty.
     import tomllib
 
-    data = tomllib.loads(config_path.read_text(encoding="utf-8")).get("data", {}) if config_path.is_file() else {}
+    try:
+        data = tomllib.loads(config_path.read_text(encoding="utf-8")).get("data", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []  # TrainConfig.from_toml reads the file next and says what is wrong with it
     return [f'data.{name}="-"' for name in ("train", "valid") if not data.get(name)]
 
 
@@ -224,35 +237,110 @@ def download(dataset: str, dest: Path, splits: tuple[str, ...], base_url: str | 
     """Download TinyStories V2 or the CS336 OpenWebText sample into DEST (default: data/).
 
     Shows progress, resumes partial files, checks every file's size and SHA-256 against the published ones
-    (refused bytes are kept as NAME.rejected) and skips files already complete and verified.
+    (refused bytes are kept as NAME.rejected) and skips files already complete and verified. To download and
+    train in one command: cs336-train pipeline --dataset tinystories (or owt).
     """
-    from cs336_train.download import download_dataset
+    from cs336_train.download import describe_download, download_dataset, next_command
 
-    for path in download_dataset(dataset, dest, splits=splits or None, base_url=base_url,
-                                 log=lambda line: click.echo(line, err=True)):
+    say = functools.partial(click.echo, err=True)
+    follow_on = next_command(dataset, dest) if not splits or set(splits) == {"train", "valid"} else None
+    say(f"downloading {describe_download(dataset, dest, splits or None)}")
+    if follow_on:
+        say(f"then train on it with: {follow_on}")
+    for path in download_dataset(dataset, dest, splits=splits or None, base_url=base_url, log=say):
         click.echo(str(path))
+    if follow_on:
+        say(f"next: {follow_on}")
 
 
 @main.command()
-@click.option("--train-text", required=True, type=click.Path(path_type=Path), help="Raw training text (UTF-8).")
-@click.option("--valid-text", required=True, type=click.Path(path_type=Path), help="Raw validation text (UTF-8).")
-@click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True, type=click.Path(path_type=Path),
-              help="Model, optimizer and run settings; its [data] paths are filled in by the pipeline.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<config>-<time>).")
+@click.option("--dataset", type=click.Choice(["sample", "tinystories", "owt"]), default=None,
+              help="What to train on: sample = the TinyStories sample shipped with cs336-train (offline; the "
+                   "default); tinystories = TinyStories V2 (2.2 GB), owt = the CS336 OpenWebText sample (4.7 GB "
+                   "compressed), downloaded into --data-dir first.")
+@click.option("--train-text", type=click.Path(path_type=Path), help="Your own raw training text (UTF-8), instead.")
+@click.option("--valid-text", type=click.Path(path_type=Path), help="Your own raw validation text (UTF-8).")
+@click.option("--data-dir", default=Path("data"), show_default=True, type=click.Path(path_type=Path),
+              help="Where --dataset tinystories/owt downloads to; files already there are verified, not fetched.")
+@click.option("--base-url", default=None, envvar="HF_ENDPOINT",
+              help="Download from this server instead of huggingface.co (a mirror); also read from $HF_ENDPOINT.")
+@click.option("--config", "config_name", default=None,
+              help="Model, optimizer and run settings: a TOML file or a bundled name (`cs336-train configs`); "
+                   "default tinystories_cpu (owt: owt_course). Its [data] paths are filled in by the pipeline.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run directory (default: runs/tinystories-sample, runs/tinystories or runs/owt by dataset; "
+                   "runs/<config>-<time> for your own texts).")
 @override_option
 @_friendly_errors
-def pipeline(train_text: Path, valid_text: Path, config_path: Path, out: Path | None, overrides: tuple[str, ...]):
-    """Raw text to trained model: train a tokenizer, encode, train, evaluate and write samples."""
-    from cs336_train.config import TrainConfig
-    from cs336_train.pipeline import run_pipeline
+def pipeline(dataset: str | None, train_text: Path | None, valid_text: Path | None, data_dir: Path,
+             base_url: str | None, config_name: str | None, out: Path | None, overrides: tuple[str, ...]):
+    """Raw text to trained model: train a tokenizer, encode, train, evaluate and write samples.
 
-    config = TrainConfig.from_toml(config_path, list(overrides) + _placeholder_data(config_path))
-    out = out or _default_out(config_path)
+    With no options it trains the CPU default model on the TinyStories sample shipped with cs336-train, offline
+    (about 6 minutes on 2 cores). Every input is checked before anything starts.
+    """
+    from cs336_train.config import TrainConfig
+    from cs336_train.config_files import resolve_config
+    from cs336_train.errors import ConfigError
+    from cs336_train.pipeline import (
+        DATASET_RUN_DIRS,
+        DOWNLOADABLE,
+        SAMPLE,
+        check_run_directory,
+        check_text,
+        dataset_config,
+        run_pipeline,
+        texts_for,
+    )
+
+    own_texts = train_text is not None or valid_text is not None
+    if own_texts and (train_text is None or valid_text is None):
+        raise ConfigError("give --train-text and --valid-text together (or neither, to train on the bundled sample)")
+    if own_texts and dataset is not None:
+        raise ConfigError(f"give either --dataset {dataset} or --train-text/--valid-text, not both")
+    dataset = None if own_texts else dataset or SAMPLE
+    source = click.get_current_context().get_parameter_source("data_dir")
+    if dataset not in DOWNLOADABLE and source is click.core.ParameterSource.COMMANDLINE:
+        raise ConfigError("--data-dir is where --dataset tinystories or owt downloads to; give it with one of them")
+
+    name, dataset_overrides = dataset_config(dataset or SAMPLE) if config_name is None else (config_name, [])
+    config_path = resolve_config(name)
+    config = TrainConfig.from_toml(config_path, dataset_overrides + list(overrides) + _placeholder_data(config_path))
+    out = out or (DATASET_RUN_DIRS[dataset] if dataset else _default_out(config_path))
+    check_run_directory(out)  # before a download of gigabytes, not after
+    if dataset is None:
+        check_text(train_text, "training")
+        check_text(valid_text, "validation")
+    say = functools.partial(click.echo, err=True)
+    changed = "".join(f" --set {override}" for override in dataset_overrides)
+    say(f"pipeline: configuration {config_path.stem}{changed} ({config_path}), run directory {out}")
     started = time.perf_counter()
-    result = run_pipeline(config, train_text, valid_text, out, say=lambda line: click.echo(line, err=True))
+    if dataset is not None:
+        train_text, valid_text = texts_for(dataset, data_dir, base_url, say)
+    result = run_pipeline(config, train_text, valid_text, out, say=say)
     _summary(result)
-    click.echo(f"pipeline finished in {time.perf_counter() - started:.0f} s; samples in {out / 'samples.txt'}",
-               err=True)
+    say(f"pipeline finished in {time.perf_counter() - started:.0f} s; samples in {out / 'samples.txt'}")
+
+
+@main.command()
+@click.argument("name", required=False)
+@_friendly_errors
+def configs(name: str | None):
+    """List the configurations bundled with cs336-train, or print NAME's (to copy and edit).
+
+    Any command that takes a CONFIG takes one of these names as well as a file:
+    cs336-train fit tinystories_cpu ..., cs336-train configs tinystories_cpu > my.toml
+    """
+    from cs336_train.config_files import bundled_configs, describe_config, resolve_config
+
+    if name is not None:
+        click.echo(resolve_config(name).read_text(encoding="utf-8"), nl=False)
+        return
+    bundled = bundled_configs()
+    width = max(map(len, bundled))
+    for config_name, path in bundled.items():
+        click.echo(f"{config_name:<{width}}  {describe_config(path)}")
+    click.echo(f"(in {next(iter(bundled.values())).parent}; `cs336-train configs NAME` prints one)", err=True)
 
 
 @main.command()

@@ -53,6 +53,8 @@ from cs336_train.errors import TrainError
 USER_AGENT = "cs336-train (python urllib)"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0
+# For time estimates only: what a download takes is mostly the line's speed, and 10 MB/s is a common one.
+TYPICAL_BYTES_PER_S = 10e6
 # Seconds to wait before retry k (1, 2, 3 ...) is RETRY_DELAY_S * 2**(k-1); tests set it to 0.
 RETRY_DELAY_S = 2.0
 
@@ -188,19 +190,7 @@ def download_dataset(
     verified, not downloaded again, and an interrupted download (a lost connection, Ctrl-C, a full disk)
     continues where it stopped when run again. Raises DownloadError saying what to do.
     """
-    if name not in DATASETS:
-        raise DownloadError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
-    files = DATASETS[name].files
-    if splits is not None:
-        wanted = set(splits)
-        known = {file.split for file in files}
-        if not wanted or not wanted <= known:
-            raise DownloadError(
-                f"unknown split(s) {sorted(wanted - known) or '(none given)'} for {name!r}; "
-                f"choose from: {', '.join(sorted(known))}"
-            )
-        files = tuple(file for file in files if file.split in wanted)
-
+    files = selected_files(name, splits)
     dest_dir = _writable_directory(dest_dir)
     paths = []
     for file in files:
@@ -213,6 +203,59 @@ def download_dataset(
         else:
             paths.append(_download(url, final, expected, progress, retries, log))
     return paths
+
+
+def selected_files(name: str, splits: Iterable[str] | None = None) -> tuple[RemoteFile, ...]:
+    """The files of dataset `name`, only those of `splits` when given; unknown names are a DownloadError."""
+    if name not in DATASETS:
+        raise DownloadError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
+    files = DATASETS[name].files
+    if splits is not None:
+        wanted = set(splits)
+        known = {file.split for file in files}
+        if not wanted or not wanted <= known:
+            raise DownloadError(
+                f"unknown split(s) {sorted(wanted - known) or '(none given)'} for {name!r}; "
+                f"choose from: {', '.join(sorted(known))}"
+            )
+        files = tuple(file for file in files if file.split in wanted)
+    return files
+
+
+def describe_download(name: str, dest_dir: str | os.PathLike, splits: Iterable[str] | None = None) -> str:
+    """One line to say before a download starts: what, how much is left to fetch, and about how long it takes.
+
+    >>> describe_download("tinystories", "data")        # doctest: +SKIP
+    'TinyStories V2 (GPT-4 stories) into data/: 2,250.3 MB to fetch, about 4 minutes at 10 MB/s (a 100 Mbit/s line)'
+    """
+    files = selected_files(name, splits)
+    dest_dir = Path(dest_dir)
+    remaining = 0
+    for file in files:
+        if (dest_dir / file.local_name).exists():
+            continue  # already there: it is verified, not fetched
+        pinned = PINNED.get(file.filename, Pin(None, None)).size or 0
+        remaining += max(0, pinned - _size_or_zero(dest_dir / (file.filename + ".part")))
+    what = f"{DATASETS[name].description.split(':')[0]} into {dest_dir}/"
+    if remaining == 0:
+        return f"{what}: already downloaded, to be verified"
+    unpack = "; then decompressed" if any(file.compressed for file in files) else ""
+    return (f"{what}: {_megabytes(remaining)} to fetch, {_duration(remaining / TYPICAL_BYTES_PER_S)} at "
+            f"{TYPICAL_BYTES_PER_S / 1e6:.0f} MB/s (a 100 Mbit/s line){unpack}")
+
+
+def next_command(name: str, dest_dir: str | os.PathLike) -> str:
+    """The command that trains on a downloaded dataset (it checks the files and downloads nothing again)."""
+    data_dir = "" if Path(dest_dir) == Path("data") else f" --data-dir {dest_dir}"
+    return f"cs336-train pipeline --dataset {name}{data_dir}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return "under a minute"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} minutes"
+    return f"about {seconds / 3600:.1f} hours"
 
 
 def download_file(

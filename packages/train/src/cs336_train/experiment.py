@@ -6,7 +6,8 @@
     question = "Which peak learning rate is best, and how far is it from the one that diverges?"
 
     [scale.cpu]                                   # --scale cpu (the default): minutes on a laptop
-    base = "configs/tinystories_cpu.toml"         # paths: relative to the project root, or absolute
+    base = "tinystories_cpu"                      # a bundled configuration, or a TOML file (paths: relative to
+                                                  # the project root, or absolute)
     set = ["run.log_interval=16"]                 # overrides for every run at this scale
     tokens = 1_048_576                            # per run: sets run.steps = tokens / (batch_size x context_length)
     validations = 4                               # evenly spaced: sets run.eval_interval = steps / validations
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cs336_train.config import TrainConfig, parse_override
+from cs336_train.config_files import resolve_config
 from cs336_train.errors import ConfigError
 
 SCALES = ("cpu", "gpu")
@@ -121,7 +123,7 @@ def load_experiment(path: str | os.PathLike, scale: str, out_dir: Path | None = 
     root = project_root(path)
     experiment = Experiment(
         name=name, problem=header.get("problem", ""), question=header.get("question", ""), source=path.resolve(),
-        scale=scale, base=resolve_path(table["base"], root),
+        scale=scale, base=resolve_base(where, table["base"], root),
         # resolved: the data paths saved in each run's config must not depend on the working directory
         out_dir=Path(out_dir or Path("runs/experiments") / scale).resolve(),
         train_text=resolve_path(table["train_text"], root), valid_text=resolve_path(table["valid_text"], root),
@@ -251,6 +253,18 @@ def project_root(path: Path) -> Path:
         if (folder / "pyproject.toml").is_file():
             return folder
     return Path(path).resolve().parent
+
+
+def resolve_base(where: str, text: str, root: Path) -> Path:
+    """The base configuration: a TOML file (relative to `root`, the project root) or a bundled configuration's
+    name (tinystories_cpu, see `cs336-train configs`)."""
+    path = resolve_path(text, root)
+    if path.is_file():
+        return path
+    try:
+        return resolve_config(text).resolve()
+    except ConfigError as error:
+        raise ConfigError(f"{where}: base: {error}") from None
 
 
 def resolve_path(text: str, root: Path) -> Path:

@@ -6,7 +6,7 @@ wrong: gradients that do not flow (a detached tensor, a missing residual), a los
 targets (shifted by one the wrong way), an optimizer that does not update. Finding that now costs seconds;
 finding it after a day of training costs the day.
 
-    cs336-train overfit configs/tinystories_cpu.toml --set data.train=runs/first/data/train.bin
+    cs336-train overfit tinystories_cpu --set data.train=runs/first/data/train.bin
 """
 
 import math
