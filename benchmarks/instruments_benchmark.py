@@ -2,7 +2,7 @@
 
     uv run python benchmarks/instruments_benchmark.py [--steps 12] [--interval 64]
 
-The default CPU model (configs/tinystories_cpu.toml: d_model 256, 4 layers, batch 8 x 256 tokens, bf16) on the
+The default CPU model (the bundled tinystories_cpu config: d_model 256, 4 layers, batch 8 x 256 tokens, bf16) on the
 shared TinyStories text (a 10K tokenizer is trained and the text encoded first, a few seconds). Plain and
 measured steps alternate, so a slow spell of the machine hits both alike. A measured step pays the per-group
 norms, a copy of the weights (for the update ratio) and one probe forward pass over 4 sequences; with
@@ -23,6 +23,7 @@ from cs336_bpe import Tokenizer, encode_file, train_bpe
 from cs336_nn import TransformerLM
 from cs336_optim import make_adamw, parameter_groups
 from cs336_train import TrainConfig, distributed, runtime
+from cs336_train.config_files import resolve_config
 from cs336_train.data import open_tokens
 from cs336_train.instruments import ParameterGroups
 from cs336_train.trainer import LOSS_FUNCTIONS, StepContext, _measure_dynamics, _optimizer_step
@@ -43,7 +44,7 @@ def main() -> None:
         vocab, merges = train_bpe(text, 10_000, ["<|endoftext|>"])
         tokenizer = Tokenizer(vocab, merges, ["<|endoftext|>"])
         encode_file(tokenizer, text, scratch / "train.bin")
-        config = TrainConfig.from_toml(ROOT / "configs" / "tinystories_cpu.toml",
+        config = TrainConfig.from_toml(resolve_config("tinystories_cpu"),
                                        [f'data.train="{scratch / "train.bin"}"', 'data.valid="-"'])
         device = torch.device("cpu")
         runtime.configure_backends(device, config.run.num_threads)

@@ -2,7 +2,7 @@
 
 The anchor is ../shared/bench/reference_train.py: HF tokenizers' BPE (10K) + the torch built-ins LM + torch's AdamW,
 256 steps of 32 x 256 tokens (2,097,152 tokens), bf16 autocast, then the mean loss over valid.txt. We run it and
-then our whole pipeline (our tokenizer, our model, our optimizer; default configuration configs/tinystories_cpu.toml)
+then our whole pipeline (our tokenizer, our model, our optimizer; default configuration, the bundled tinystories_cpu)
 on the same text with the same token budget, and print both validation losses. Wall-clock times are printed too,
 but these machines vary by a third from run to run: the token budget, not the clock, is what is held equal.
 
@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from cs336_train.config_files import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CS336_SHARED", ROOT.parent / "shared"))
@@ -62,7 +64,7 @@ def run_ours(train_text: Path, valid_text: Path, config: Path, overrides: list[s
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tinystories_cpu.toml")
+    parser.add_argument("--config", type=Path, default=resolve_config("tinystories_cpu"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for our run")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--keep", type=Path, default=None,

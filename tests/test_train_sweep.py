@@ -4,6 +4,7 @@ The sweeps here train the tiny model of train_helpers for a few steps on generat
 report prints is checked against the run's own metrics.jsonl, not against the report code.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -315,3 +316,24 @@ def test_a_killed_sweep_continues_and_parallel_jobs_give_the_same_results(texts,
     assert "the training loss became" in (out / "runs" / "diverges" / "train.log").read_text()
     rows = table_rows((out / "report.md").read_text())
     assert rows["seed-1"][8] == "no" and rows["diverges"][8] == f"at step {diverged['diverged_at_step']}"
+
+
+def test_data_paths_fall_back_to_the_bundled_sample_on_a_fresh_machine(tmp_path, monkeypatch):
+    from cs336_train.bundled_data import SAMPLE_SHA256
+    from cs336_train.experiment import resolve_path
+
+    monkeypatch.delenv("CS336_DATA", raising=False)
+    monkeypatch.setenv("CS336_CACHE", str(tmp_path / "cache"))
+    fresh_clone = tmp_path / "clone" / "project"  # no ../shared beside it
+    fresh_clone.mkdir(parents=True)
+    train = resolve_path("$CS336_DATA/tinystories/train.txt", fresh_clone)
+    valid = resolve_path("$CS336_DATA/tinystories/valid.txt", fresh_clone)
+    assert hashlib.sha256(train.read_bytes()).hexdigest() == SAMPLE_SHA256["train"]
+    assert hashlib.sha256(valid.read_bytes()).hexdigest() == SAMPLE_SHA256["valid"]
+    # other files under $CS336_DATA have no stand-in: they resolve to the usual place (and fail there, clearly)
+    assert resolve_path("$CS336_DATA/owt/owt_valid_sample.txt", fresh_clone) == \
+        (tmp_path / "clone" / "shared" / "data" / "owt" / "owt_valid_sample.txt")
+    # with ../shared/data or CS336_DATA present, nothing changes
+    monkeypatch.setenv("CS336_DATA", str(tmp_path / "mine"))
+    mine = tmp_path / "mine" / "tinystories" / "train.txt"
+    assert resolve_path("$CS336_DATA/tinystories/train.txt", fresh_clone) == mine

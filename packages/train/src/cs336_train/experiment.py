@@ -268,10 +268,24 @@ def resolve_base(where: str, text: str, root: Path) -> Path:
 
 
 def resolve_path(text: str, root: Path) -> Path:
-    """Expand $CS336_DATA (default: ../shared/data beside the project), other $VARS and ~; relative to `root`."""
+    """Expand $CS336_DATA (default: ../shared/data beside the project), other $VARS and ~; relative to `root`.
+
+    On a machine with neither, $CS336_DATA/tinystories/{train,valid}.txt are the TinyStories sample bundled in
+    cs336-train (the same text as ../shared/data's), so the CPU-scale experiments run on a fresh clone too.
+    """
     data = os.environ.get("CS336_DATA") or str(root.parent / "shared" / "data")
+    if not os.environ.get("CS336_DATA") and not Path(data).is_dir():
+        split = BUNDLED_SPLITS.get(text.replace("${CS336_DATA}", "$CS336_DATA"))
+        if split:
+            from cs336_train.bundled_data import tinystories_sample
+
+            return tinystories_sample()[split]
     expanded = os.path.expanduser(os.path.expandvars(text.replace("$CS336_DATA", data)))
     return (root / expanded).resolve()
+
+
+# The data paths the bundled TinyStories sample stands in for when there is no ../shared/data (resolve_path).
+BUNDLED_SPLITS = {"$CS336_DATA/tinystories/train.txt": "train", "$CS336_DATA/tinystories/valid.txt": "valid"}
 
 
 def _read_toml(path: Path) -> dict:
