@@ -117,6 +117,20 @@ def test_training_memory_by_hand_for_a_tiny_config():
     assert memory.total == 4 * (4 * parameters + activations)
 
 
+def test_activation_checkpointing_memory_by_hand_for_a_tiny_config():
+    config = nn_.ModelConfig(vocab_size=10, context_length=4, d_model=8, num_layers=2, num_heads=2, d_ff=16)
+    B, T, d, H, d_ff, V, L = 3, 4, 8, 2, 16, 10, 2
+    one_block = 2 * T * d + 3 * T * d + 2 * H * T * T + 2 * T * d + 4 * T * d_ff + T * d  # 576 = 8Td + 2HT² + 4T·d_ff
+    head = T * d + 2 * T * V  # final norm, logits, cross-entropy's softmax
+    # Without checkpointing every block's activations are kept; with it, each block's input (T·d) and one block's
+    # activations, recomputed during the backward pass.
+    assert nn_.training_memory(config, B).activations == 4 * B * (L * one_block + head) == 15_168
+    checkpointed = nn_.training_memory(config, B, activation_checkpointing=True)
+    assert checkpointed.activations == 4 * B * (L * T * d + one_block + head) == 9_024
+    assert checkpointed.fixed == nn_.training_memory(config, B).fixed  # weights, gradients and AdamW state stay
+    assert sum(nn_.checkpointed_activation_counts(config).values()) == L * T * d + one_block + head
+
+
 @pytest.mark.parametrize("batch_size", [1, 7])
 def test_gpt2_xl_peak_memory_is_a_times_batch_plus_b(batch_size):
     memory = nn_.training_memory(nn_.gpt2_config("gpt2-xl"), batch_size=batch_size)

@@ -9,6 +9,7 @@ import cs336_nn as nn_
 from cs336_nn import fused_attention, loss
 from cs336_nn.activations import silu_gate
 from cs336_nn.fused_attention import fused_causal_attention
+from cs336_nn.kernel_policy import CPU_POLICY, KernelPolicy, use_policy
 from cs336_nn.rmsnorm import _RMSNorm
 
 
@@ -30,11 +31,12 @@ def sdpa_causal(q, k, v):
 
 
 @pytest.fixture(params=[1, 2, 3])
-def small_chunks(monkeypatch, request):
+def small_chunks(request):
     """Chunks of a few (batch, head) slices, so the last chunk is a partial one, and 1, 2 or 3 blocks of query
     rows (3 blocks of 16 rows: 6, 6 and 4 rows)."""
-    monkeypatch.setattr(fused_attention, "CHUNK_BYTES", 3 * 16 * 16 * 4)
-    monkeypatch.setattr(fused_attention, "QUERY_BLOCKS", request.param)
+    with use_policy(KernelPolicy(attention_chunk_bytes=3 * 16 * 16 * 4, query_blocks=request.param,
+                                 loss_chunk_elements=CPU_POLICY.loss_chunk_elements)):
+        yield
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 16, 8), (7, 16, 8), (1, 1, 16, 8)])
@@ -74,11 +76,11 @@ def test_fused_attention_with_fewer_queries_than_keys_sees_the_last_positions(qu
         fused_causal_attention(k, q, q)
 
 
-def test_query_blocks_cover_the_causal_part_once(monkeypatch):
-    monkeypatch.setattr(fused_attention, "QUERY_BLOCKS", 2)
-    assert fused_attention.query_blocks(16, 16) == [(slice(0, 8), 8), (slice(8, 16), 16)]
-    assert fused_attention.query_blocks(3, 9) == [(slice(0, 2), 8), (slice(2, 3), 9)]
-    assert fused_attention.query_blocks(1, 5) == [(slice(0, 1), 5)]
+def test_query_blocks_cover_the_causal_part_once():
+    assert fused_attention.query_blocks(16, 16, 2) == [(slice(0, 8), 8), (slice(8, 16), 16)]
+    assert fused_attention.query_blocks(3, 9, 2) == [(slice(0, 2), 8), (slice(2, 3), 9)]
+    assert fused_attention.query_blocks(1, 5, 2) == [(slice(0, 1), 5)]
+    assert fused_attention.query_blocks(16, 16, 1) == [(slice(0, 16), 16)]
 
 
 def test_fused_attention_is_stable_for_huge_scores():
@@ -129,8 +131,14 @@ def test_rmsnorm_gradcheck_and_dtypes():
     assert_close(norm(x16).float(), norm(x16.float()).bfloat16().float(), atol=1e-2, rtol=1e-2)
 
 
-def test_cross_entropy_in_chunks_matches_builtin_and_gradcheck(monkeypatch):
-    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 3 * 50)  # 3 rows per chunk, 28 rows: a partial last chunk
+@pytest.mark.parametrize("chunk_elements", [3 * 50, CPU_POLICY.loss_chunk_elements])
+def test_cross_entropy_in_chunks_matches_builtin_and_gradcheck(chunk_elements):
+    # 3 rows per chunk, 28 rows: a partial last chunk; or one chunk of everything
+    with use_policy(KernelPolicy(CPU_POLICY.attention_chunk_bytes, CPU_POLICY.query_blocks, chunk_elements)):
+        check_cross_entropy_against_builtin()
+
+
+def check_cross_entropy_against_builtin():
     logits = torch.randn(4, 7, 50) * 30  # many probabilities underflow
     targets = torch.randint(0, 50, (4, 7))
     out, (grad,) = values_and_grads(lambda l: nn_.cross_entropy(l, targets), logits)

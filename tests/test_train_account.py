@@ -46,18 +46,18 @@ def test_the_cli_offers_exactly_the_presets_cs336_nn_defines():
 
 
 def test_preset_takes_no_config_or_overrides():
-    for extra in (["configs/tinystories_cpu.toml"], ["--set", "model.d_model=64"]):
+    for extra in (["tinystories_cpu"], ["--set", "model.d_model=64"]):
         result = _invoke("--preset", "gpt2-xl", *extra)
         assert result.exit_code == 2 and "give it without CONFIG or --set" in result.output
 
 
 def test_switching_to_silu_alone_is_refused_with_the_fix():
-    refused = _invoke("configs/tinystories_cpu.toml", "--set", "model.ffn=silu")
+    refused = _invoke("tinystories_cpu", "--set", "model.ffn=silu")
     assert refused.exit_code == 1
     assert "model.d_ff 704 is SwiGLU's size for d_model 256; a parameter-matched silu FFN needs d_ff = 4·d_model " \
            "= 1024: set it with --set model.d_ff=1024" in refused.output
     assert "Traceback" not in refused.output
-    matched = _invoke("configs/tinystories_cpu.toml", "--set", "model.ffn=silu", "--set", "model.d_ff=0")
+    matched = _invoke("tinystories_cpu", "--set", "model.ffn=silu", "--set", "model.d_ff=0")
     assert matched.exit_code == 0, matched.output
     assert "8,268,032" in matched.output  # against SwiGLU's 8,333,568
 
@@ -66,3 +66,17 @@ def test_the_nn_readme_shows_what_the_command_prints():
     readme = (Path(__file__).parents[1] / "packages/nn/README.md").read_text(encoding="utf-8")
     shown = readme.split("What `cs336-train account --preset gpt2-xl` prints:\n\n```\n", 1)[1].split("\n```", 1)[0]
     assert shown == handout_report("gpt2-xl")
+
+
+def test_a_config_reports_its_activations_with_and_without_checkpointing():
+    result = _invoke("tinystories_cpu")
+    assert result.exit_code == 0, result.output
+    # tinystories_cpu: batch 8 in bf16 (2 bytes a value), context T 256, d 256, 4 layers, 8 heads, d_ff 704, V 10,000
+    T, d, L, h, d_ff, V = 256, 256, 4, 8, 704, 10_000
+    one_block = 8 * T * d + 2 * h * T * T + 4 * T * d_ff  # 2,293,760 values a sequence
+    head = T * d + 2 * T * V  # final norm, logits, cross-entropy's softmax: 5,185,536
+    every_block, checkpointed = L * one_block + head, L * T * d + one_block + head  # block inputs + one block
+    gib = {name: f"{8 * 2 * values / 2**30:.3f}" for name, values in [("all", every_block), ("ckpt", checkpointed)]}
+    assert gib == {"all": "0.214", "ckpt": "0.115"}
+    assert f"  activations         {gib['all']:>12} GiB  (approximate, bf16)" in result.output
+    assert f"    checkpointed      {gib['ckpt']:>12} GiB  (with activation checkpointing" in result.output

@@ -17,6 +17,7 @@ from cs336_nn.accounting import (
     TrainingMemory,
     activation_counts,
     adamw_step_flops,
+    checkpointed_activation_counts,
     count_parameters,
     forward_flops,
     gpt2_config,
@@ -32,6 +33,7 @@ from cs336_nn.block import TransformerBlock
 from cs336_nn.config import ModelConfig
 from cs336_nn.embedding import Embedding
 from cs336_nn.feedforward import MLP, SwiGLU, default_swiglu_d_ff
+from cs336_nn.kernel_policy import CPU_POLICY, CUDA_POLICY, KernelPolicy, policy_for, use_policy
 from cs336_nn.kv_cache import KVCache, LayerKVCache
 from cs336_nn.linear import Linear
 from cs336_nn.loss import cross_entropy, perplexity
@@ -42,8 +44,10 @@ from cs336_nn.transformer_lm import TransformerLM
 __all__ = [
     "ForwardFlops", "TrainingMemory", "count_parameters", "forward_flops", "training_flops_per_token",
     "training_memory", "ADAMW_FLOPS_PER_PARAMETER", "FORWARD_MATMULS", "GPT2_SHAPES", "H100_TF32_PEAK_FLOPS",
-    "ParameterCount", "activation_counts", "adamw_step_flops", "gpt2_config", "parameter_count",
+    "ParameterCount", "activation_counts", "adamw_step_flops", "checkpointed_activation_counts", "gpt2_config",
+    "parameter_count",
     "training_step_flops", "training_time_s",
+    "CPU_POLICY", "CUDA_POLICY", "KernelPolicy", "policy_for", "use_policy",
     "KVCache", "LayerKVCache", "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig",
     "MultiHeadSelfAttention", "RMSNorm",
     "RotaryPositionalEmbedding", "SwiGLU", "TransformerBlock", "TransformerLM", "causal_attention", "causal_mask",

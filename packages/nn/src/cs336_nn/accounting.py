@@ -198,8 +198,35 @@ def activation_counts(config: ModelConfig, sequence_length: int | None = None) -
     softmax over them (T·V). A plain MLP (silu or relu) has W1, its activation and W2. Nothing else counts:
     not the embedding lookup, the residual sums or RoPE's rotated copies (the handout leaves them out).
     """
+    L = config.num_layers
+    per_block = _block_activation_counts(config, sequence_length)
+    return {name: L * values for name, values in per_block.items()} | _head_activation_counts(config, sequence_length)
+
+
+def checkpointed_activation_counts(config: ModelConfig, sequence_length: int | None = None) -> dict[str, int]:
+    """`activation_counts` with activation checkpointing (`TransformerLM.activation_checkpointing`).
+
+    The forward pass keeps only each block's input (T·d values per block); the backward pass recomputes one
+    block's activations from its input when it reaches that block, and frees them before the next. So the
+    peak holds the block inputs, one block's activations and the head's (final norm, logits, softmax), which
+    are saved as before. GPT-2 XL in float32, GB a sequence (16.373 without checkpointing):
+
+        >>> counts = checkpointed_activation_counts(gpt2_config("gpt2-xl"))
+        >>> [round(4 * values / 1e9, 3) for values in counts.values()], round(4 * sum(counts.values()) / 1e9, 3)
+        ([0.315, 0.332, 0.007, 0.206, 0.206], 1.065)
+    """
     T = sequence_length or config.context_length
-    d, h, d_ff, L, V = config.d_model, config.num_heads, config.d_ff, config.num_layers, config.vocab_size
+    one_block = sum(_block_activation_counts(config, sequence_length).values())
+    return {
+        "block inputs (kept)": config.num_layers * T * config.d_model,
+        "one block's activations (recomputed)": one_block,
+    } | _head_activation_counts(config, sequence_length)
+
+
+def _block_activation_counts(config: ModelConfig, sequence_length: int | None) -> dict[str, int]:
+    """The handout's activations of one Transformer block, per sequence (see `activation_counts`)."""
+    T = sequence_length or config.context_length
+    d, h, d_ff = config.d_model, config.num_heads, config.d_ff
     norm = 0 if config.norm == "none" else T * d
     per_block = {
         "RMSNorms (2 per block)": 2 * norm,
@@ -215,10 +242,16 @@ def activation_counts(config: ModelConfig, sequence_length: int | None = None) -
     else:
         per_block |= {f"FFN {config.ffn}": T * d_ff}
     per_block["FFN W2"] = T * d
-    return {name: L * values for name, values in per_block.items()} | {
-        "final RMSNorm": norm,
-        "output embedding (logits)": T * V,
-        "cross-entropy (softmax of the logits)": T * V,
+    return per_block
+
+
+def _head_activation_counts(config: ModelConfig, sequence_length: int | None) -> dict[str, int]:
+    """After the blocks: the final norm's output, the logits and the cross-entropy's softmax, per sequence."""
+    T = sequence_length or config.context_length
+    return {
+        "final RMSNorm": 0 if config.norm == "none" else T * config.d_model,
+        "output embedding (logits)": T * config.vocab_size,
+        "cross-entropy (softmax of the logits)": T * config.vocab_size,
     }
 
 
@@ -261,14 +294,16 @@ class TrainingMemory:
 
 
 def training_memory(config: ModelConfig, batch_size: int, sequence_length: int | None = None,
-                    bytes_per_value: int = 4) -> TrainingMemory:
-    """Peak memory of one AdamW step (float32 by default) with `activation_counts` as the activations."""
+                    bytes_per_value: int = 4, activation_checkpointing: bool = False) -> TrainingMemory:
+    """Peak memory of one AdamW step (float32 by default) with `activation_counts` as the activations, or
+    `checkpointed_activation_counts` with activation checkpointing."""
     parameters = count_parameters(config)
+    counts = checkpointed_activation_counts if activation_checkpointing else activation_counts
     return TrainingMemory(
         parameters=parameters * bytes_per_value,
         gradients=parameters * bytes_per_value,
         optimizer_state=2 * parameters * bytes_per_value,  # m and v
-        activations_per_sequence=sum(activation_counts(config, sequence_length).values()) * bytes_per_value,
+        activations_per_sequence=sum(counts(config, sequence_length).values()) * bytes_per_value,
         batch_size=batch_size,
     )
 

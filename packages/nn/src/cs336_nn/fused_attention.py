@@ -1,4 +1,4 @@
-"""Causal attention as one autograd function that never holds the whole (batch, heads, seq, seq) score matrix.
+"""Causal attention as one autograd function that holds the (batch, heads, seq, seq) scores a chunk at a time.
 
 The textbook version (`attention.scaled_dot_product_attention`) builds the full score matrix, masks it into a
 second one, softmaxes it into a third, and autograd keeps the probabilities for the backward pass, which then
@@ -9,6 +9,10 @@ keeps only the inputs, the output and, per query, the row maximum and the row su
 recomputes each chunk's probabilities (one extra Q K^T product, cheap next to the memory saved): the idea of
 FlashAttention (Dao et al., 2022), written with whole-row softmax over plain matrix products. Query rows are
 split into blocks so that early rows skip the keys they may not see anyway.
+
+How large a chunk is, and how many query blocks, depends on the device (`kernel_policy.py`): a few MB and two
+blocks on a CPU, for its caches; on a GPU, where every operation is a kernel launch, one chunk and one block
+whenever the scores fit in 1 GiB, so a layer is a handful of launches.
 
 Forward, per chunk (S = scores, E = unnormalised probabilities, O = output):
 
@@ -36,14 +40,7 @@ import torch
 from torch import Tensor
 
 from cs336_nn.activations import LOG2_E
-
-# The work is cut into chunks of (batch, head) slices whose scores take about CHUNK_BYTES: small enough to stay
-# in the two cores' caches and to be reused by the allocator (a fresh large tensor costs page faults on every
-# step), large enough that the number of tensor operations, each with its own small fixed cost, stays low.
-# Query rows are cut into QUERY_BLOCKS blocks: the first rows never look at the last keys, so with two blocks a
-# quarter of the score matrix is skipped (more blocks skip more but cost more operations; 2 measured best here).
-CHUNK_BYTES = 2 * 2**20
-QUERY_BLOCKS = 2
+from cs336_nn.kernel_policy import part, policy_for
 
 _future_masks: dict[tuple, Tensor] = {}
 
@@ -63,19 +60,19 @@ def future_mask(queries: int, keys: int, dtype: torch.dtype, device: torch.devic
     return mask
 
 
-def query_blocks(queries: int, keys: int) -> list[tuple[slice, int]]:
-    """(rows, keys they may see) for QUERY_BLOCKS blocks of query rows, the one that sees all keys last.
+def query_blocks(queries: int, keys: int, blocks: int) -> list[tuple[slice, int]]:
+    """(rows, keys they may see) for `blocks` blocks of query rows, the one that sees all keys last.
 
     Causality lets the first rows skip the last keys: with two blocks, a quarter of the scores is never computed.
     """
-    size = max(1, -(-queries // QUERY_BLOCKS))
+    size = max(1, -(-queries // blocks))
     starts = range(0, queries, size)
     return [(slice(start, min(start + size, queries)), keys - queries + min(start + size, queries)) for start in starts]
 
 
-def chunks(slices: int, rows: int, keys: int, dtype: torch.dtype) -> list[slice]:
-    """Consecutive runs of (batch, head) slices whose (rows x keys) scores take about CHUNK_BYTES."""
-    step = max(1, CHUNK_BYTES // (rows * keys * torch.empty((), dtype=dtype).element_size()))
+def chunks(slices: int, rows: int, keys: int, dtype: torch.dtype, chunk_bytes: int) -> list[slice]:
+    """Consecutive runs of (batch, head) slices whose (rows x keys) scores take about `chunk_bytes`."""
+    step = max(1, chunk_bytes // (rows * keys * dtype.itemsize))
     return [slice(start, min(start + step, slices)) for start in range(0, slices, step)]
 
 
@@ -91,6 +88,11 @@ def with_column(x: Tensor, column: Tensor | float) -> Tensor:
     return torch.cat((x, column.to(x.dtype)), dim=-1)
 
 
+def join(blocks: list[Tensor], dim: int) -> Tensor:
+    """torch.cat(blocks, dim), without the copy when there is one block (one query block, as on a GPU)."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=dim)
+
+
 def write_or_add(target: Tensor, a: Tensor, b: Tensor, write: bool) -> None:
     """target = a @ b, or target += a @ b (as a separate product: baddbmm_ into a strided view would fall back
     to one small product per slice)."""
@@ -98,6 +100,9 @@ def write_or_add(target: Tensor, a: Tensor, b: Tensor, write: bool) -> None:
         torch.bmm(a, b, out=target)
     else:
         target += torch.bmm(a, b)
+
+
+EVERY = slice(None)  # all (batch, head) slices
 
 
 class CausalAttention(torch.autograd.Function):
@@ -110,6 +115,7 @@ class CausalAttention(torch.autograd.Function):
         # full speed even where the result underflows (masked and far-below-max scores); float32 exp on a CPU
         # takes a slow path there, about 10x slower.
         scale_log2 = LOG2_E / math.sqrt(d)
+        policy = policy_for(q.device)  # how large the chunks are: see kernel_policy.py
         with torch.autocast(q.device.type, enabled=False):  # dtypes are chosen here, not by autocast
             dtype = q.dtype
             # Heads are a batch dimension: flatten all batch dimensions into one, (slices, seq, d).
@@ -120,38 +126,41 @@ class CausalAttention(torch.autograd.Function):
             slices, d_v = q3.shape[0], v.shape[-1]
             mask = future_mask(queries, keys, dtype, q.device)
             outputs, maxima = [], []  # per block of query rows: [E V | row sums of E] and row maxima
-            for rows, seen in query_blocks(queries, keys):
-                block_chunks = chunks(slices, rows.stop - rows.start, seen, dtype)
-                block_out = torch.empty(slices, rows.stop - rows.start, d_v + 1, dtype=dtype, device=q.device)
-                block_max = torch.empty(slices, rows.stop - rows.start, 1, dtype=dtype, device=q.device)
-                buffer = torch.empty(block_chunks[0].stop, rows.stop - rows.start, seen, dtype=dtype, device=q.device)
+            for rows, seen in query_blocks(queries, keys, policy.query_blocks):
+                block_rows = rows.stop - rows.start
+                block_chunks = chunks(slices, block_rows, seen, dtype, policy.attention_chunk_bytes)
+                block_out = torch.empty(slices, block_rows, d_v + 1, dtype=dtype, device=q.device)
+                block_max = torch.empty(slices, block_rows, 1, dtype=dtype, device=q.device)
+                buffer = torch.empty(block_chunks[0].stop, block_rows, seen, dtype=dtype, device=q.device)
+                # This block's queries, the keys and values they may see, and its part of the mask.
+                q_rows, mask_rows = part(q3, EVERY, rows), part(mask, rows, slice(seen))
+                k_seen, v_seen = part(k3, EVERY, slice(seen)), part(v_ones, EVERY, slice(seen))
                 for chunk in block_chunks:
-                    scores = buffer[: chunk.stop - chunk.start]  # (c, rows, seen), reused by every chunk
-                    torch.baddbmm(mask[rows, :seen], q3[chunk, rows], k3[chunk, :seen].transpose(1, 2),
+                    scores = part(buffer, slice(chunk.stop - chunk.start))  # (c, rows, seen), reused by every chunk
+                    torch.baddbmm(mask_rows, part(q_rows, chunk), part(k_seen, chunk).transpose(1, 2),
                                   alpha=scale_log2, out=scores)
-                    torch.amax(scores, dim=-1, keepdim=True, out=block_max[chunk])
-                    exponentials = scores.sub_(block_max[chunk]).exp2_()  # E = exp(S - max S), in place
-                    torch.bmm(exponentials, v_ones[chunk, :seen], out=block_out[chunk])
+                    chunk_max = part(block_max, chunk)
+                    torch.amax(scores, dim=-1, keepdim=True, out=chunk_max)
+                    exponentials = scores.sub_(chunk_max).exp2_()  # E = exp(S - max S), in place
+                    torch.bmm(exponentials, part(v_seen, chunk), out=part(block_out, chunk))
                 outputs.append(block_out)
                 maxima.append(block_max)
-            out_and_totals, maxima = torch.cat(outputs, dim=1), torch.cat(maxima, dim=1)  # (slices, Tq, ...)
+            out_and_totals, maxima = join(outputs, dim=1), join(maxima, dim=1)  # (slices, Tq, ...)
             totals = out_and_totals[..., d_v:].clone()  # (slices, Tq, 1); a copy, so out_and_totals can be freed
             out = out_and_totals[..., :d_v] / totals  # normalise the output (Tq x d), not the probabilities (Tq x Tk)
-        out = out.view(*batch_shape, queries, d_v)
         ctx.save_for_backward(q3, k_ones, v_ones, out, maxima, totals)
-        ctx.scale_log2 = scale_log2
+        ctx.scale_log2, ctx.policy = scale_log2, policy
         ctx.inputs = [(t.shape, t.dtype) for t in (q, k, v)]
-        return out
+        return out.view(*batch_shape, queries, d_v)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q3, k_ones, v_ones, out, maxima, totals = ctx.saved_tensors
-        dtype, scale_log2 = q3.dtype, ctx.scale_log2
+        q3, k_ones, v_ones, out, maxima, totals = ctx.saved_tensors  # out: (slices, Tq, d_v)
+        dtype, scale_log2, policy = q3.dtype, ctx.scale_log2, ctx.policy
         slices, queries, keys, d = q3.shape[0], q3.shape[1], k_ones.shape[1], q3.shape[2]
         with torch.autocast(q3.device.type, enabled=False):
             # P = E / total. Dividing dO by the total once (Tq x d values) lets every chunk work with E directly:
             # dV = E^T dO', and P (dP - D) = E (dP' - D') with dO' = dO / total, dP' = dO' V^T, D' = rowsum(dO' O).
-            out = out.reshape(slices, queries, -1)  # (slices, Tq, d_v)
             grad_scaled = grad_out.reshape(out.shape).to(dtype) / totals
             row_dot = (grad_scaled * out).sum(dim=-1, keepdim=True, dtype=torch.promote_types(dtype, torch.float32))
             grad_scaled_dot = with_column(grad_scaled, -row_dot)  # [dO' | -D']
@@ -162,25 +171,34 @@ class CausalAttention(torch.autograd.Function):
             grad_v = torch.empty(slices, keys, v_ones.shape[-1] - 1, dtype=dtype, device=q3.device)
             grad_q_blocks = []
             # The last block sees every key and writes dK and dV; the earlier ones add to their first keys.
-            for rows, seen in reversed(query_blocks(queries, keys)):
+            for rows, seen in reversed(query_blocks(queries, keys, policy.query_blocks)):
                 first = seen == keys
-                block_chunks = chunks(slices, rows.stop - rows.start, seen, dtype)
-                grad_q = torch.empty(slices, rows.stop - rows.start, d, dtype=dtype, device=q3.device)
+                block_rows = rows.stop - rows.start
+                block_chunks = chunks(slices, block_rows, seen, dtype, policy.attention_chunk_bytes)
+                grad_q = torch.empty(slices, block_rows, d, dtype=dtype, device=q3.device)
                 exponentials_buffer, grad_scores_buffer = (
-                    torch.empty(block_chunks[0].stop, rows.stop - rows.start, seen, dtype=dtype, device=q3.device)
+                    torch.empty(block_chunks[0].stop, block_rows, seen, dtype=dtype, device=q3.device)
                     for _ in range(2))
+                # This block's rows of Q, [Q scale | -max], dO' and [dO' | -D']; the keys and values they may see.
+                q_rows, q_max_rows = part(q3, EVERY, rows), part(q_max, EVERY, rows)
+                grad_rows, grad_dot_rows = part(grad_scaled, EVERY, rows), part(grad_scaled_dot, EVERY, rows)
+                k_seen, k_ones_seen, v_ones_seen = (part(t, EVERY, slice(seen)) for t in (k3, k_ones, v_ones))
+                grad_k_seen, grad_v_seen = part(grad_k, EVERY, slice(seen)), part(grad_v, EVERY, slice(seen))
+                mask_rows = part(mask, rows, slice(seen))
                 for chunk in block_chunks:
-                    exponentials = exponentials_buffer[: chunk.stop - chunk.start]
-                    grad_scores = grad_scores_buffer[: chunk.stop - chunk.start]
-                    torch.baddbmm(mask[rows, :seen], q_max[chunk, rows], k_ones[chunk, :seen].transpose(1, 2),
+                    exponentials = part(exponentials_buffer, slice(chunk.stop - chunk.start))
+                    grad_scores = part(grad_scores_buffer, slice(chunk.stop - chunk.start))
+                    torch.baddbmm(mask_rows, part(q_max_rows, chunk), part(k_ones_seen, chunk).transpose(1, 2),
                                   out=exponentials).exp2_()  # E
-                    write_or_add(grad_v[chunk, :seen], exponentials.transpose(1, 2), grad_scaled[chunk, rows], first)
-                    torch.bmm(grad_scaled_dot[chunk, rows], v_ones[chunk, :seen].transpose(1, 2), out=grad_scores)
+                    write_or_add(part(grad_v_seen, chunk), exponentials.transpose(1, 2), part(grad_rows, chunk),
+                                 first)  # dV = E^T dO'
+                    torch.bmm(part(grad_dot_rows, chunk), part(v_ones_seen, chunk).transpose(1, 2), out=grad_scores)
                     grad_scores.mul_(exponentials)  # dS = E (dP' - D'), from dP' - D' = [dO' | -D'] [V | 1]^T
-                    torch.bmm(grad_scores, k3[chunk, :seen], out=grad_q[chunk])  # dQ = dS K
-                    write_or_add(grad_k[chunk, :seen], grad_scores.transpose(1, 2), q3[chunk, rows], first)  # dS^T Q
+                    torch.bmm(grad_scores, part(k_seen, chunk), out=part(grad_q, chunk))  # dQ = dS K
+                    write_or_add(part(grad_k_seen, chunk), grad_scores.transpose(1, 2), part(q_rows, chunk),
+                                 first)  # dK = dS^T Q
                 grad_q_blocks.insert(0, grad_q)
-            grad_q = torch.cat(grad_q_blocks, dim=1)
+            grad_q = join(grad_q_blocks, dim=1)
             # S = Q K^T / sqrt(d): dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d); exp2's log2 e is not part of S.
             grad_q.mul_(scale_log2 / LOG2_E)
             grad_k.mul_(scale_log2 / LOG2_E)

@@ -13,15 +13,16 @@ import torch
 from torch import Tensor
 
 from cs336_nn.activations import exp_shifted
+from cs336_nn.kernel_policy import part, policy_for
 
-# Rows are processed in chunks of about this many logits (4 MB in float32): each chunk's temporaries stay in
-# cache and are reused by the allocator, where one (positions, vocab) temporary would be fresh memory, with its
-# page faults, on every step.
-CHUNK_ELEMENTS = 2**20
+# Rows are processed in chunks of about `loss_chunk_elements` logits (kernel_policy.py). On a CPU, 2^20 (4 MB in
+# float32): each chunk's temporaries stay in cache and are reused by the allocator, where one (positions, vocab)
+# temporary would be fresh memory, with its page faults, on every step. On a GPU, where each chunk costs kernel
+# launches, 2^28 (1 GiB): one or two chunks.
 
 
-def _row_chunks(rows: int, row_length: int) -> list[slice]:
-    step = max(1, CHUNK_ELEMENTS // row_length)
+def _row_chunks(rows: int, row_length: int, chunk_elements: int) -> list[slice]:
+    step = max(1, chunk_elements // row_length)
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
@@ -38,12 +39,13 @@ class _CrossEntropy(torch.autograd.Function):
         flat = logits.reshape(-1, logits.shape[-1])  # (positions, vocab)
         maximum = flat.amax(dim=-1, keepdim=True)  # (positions, 1)
         sums = torch.empty_like(maximum)
-        for rows in _row_chunks(*flat.shape):
-            torch.sum(exp_shifted(flat[rows], maximum[rows]), dim=-1, keepdim=True, out=sums[rows])
+        chunk_elements = policy_for(logits.device).loss_chunk_elements
+        for rows in _row_chunks(*flat.shape, chunk_elements):
+            torch.sum(exp_shifted(part(flat, rows), part(maximum, rows)), dim=-1, keepdim=True, out=part(sums, rows))
         log_sum_exp = sums.log_().add_(maximum)  # (positions, 1)
         flat_targets = targets.reshape(-1, 1)
         ctx.save_for_backward(flat, flat_targets, log_sum_exp)
-        ctx.logits_shape = logits.shape
+        ctx.logits_shape, ctx.chunk_elements = logits.shape, chunk_elements
         return (log_sum_exp - flat.gather(-1, flat_targets)).view(targets.shape)  # (...)
 
     @staticmethod
@@ -51,9 +53,10 @@ class _CrossEntropy(torch.autograd.Function):
         flat, flat_targets, log_sum_exp = ctx.saved_tensors
         grad_losses = grad_losses.reshape(-1, 1)
         grad_logits = torch.empty_like(flat)
-        for rows in _row_chunks(*flat.shape):
+        for rows in _row_chunks(*flat.shape, ctx.chunk_elements):
             # softmax(logits) * dloss, written chunk by chunk into the gradient
-            exp_shifted(flat[rows], log_sum_exp[rows], out=grad_logits[rows]).mul_(grad_losses[rows])
+            exp_shifted(part(flat, rows), part(log_sum_exp, rows), out=part(grad_logits, rows)).mul_(
+                part(grad_losses, rows))
         grad_logits.scatter_add_(-1, flat_targets, -grad_losses)  # - one_hot(target) * dloss
         return grad_logits.view(ctx.logits_shape), None
 

@@ -4,12 +4,19 @@
 
 State-dict keys are the course's (token_embeddings.weight, layers.{i}.attn.q_proj.weight, ..., ln_final.weight,
 lm_head.weight), so the course's reference weights load directly.
+
+Activation checkpointing (`model.activation_checkpointing = True`): in training, keep only each block's input
+for the backward pass and recompute the block's activations from it when the backward pass reaches the block.
+The activations held at the peak shrink from every block's (norms, Q, K, V, the FFN's d_ff-wide products...)
+to one d_model-wide tensor per block plus one block's worth at a time, for one more forward pass of the blocks
+(about a third more compute). It trades compute for memory: worth it when a larger batch or model would not fit.
 """
 
 import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from cs336_nn.block import TransformerBlock
 from cs336_nn.components import make_norm
@@ -66,6 +73,7 @@ class TransformerLM(nn.Module):
                                     for _ in range(config.num_layers))
         self.ln_final = make_norm(config, device=device, dtype=dtype)
         self.lm_head = Linear(config.d_model, config.vocab_size, device=device, dtype=dtype)
+        self.activation_checkpointing = False  # recompute each block in the backward pass (see the module docstring)
         if config.tie_embeddings:
             # One matrix for both ends. N(0, 1) embeddings would make the logits huge (d_model-sized dot
             # products), so tied weights start at std 1/sqrt(d_model).
@@ -92,6 +100,14 @@ class TransformerLM(nn.Module):
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
         if self.absolute_positions is not None:
             x = self.absolute_positions(x, token_positions)
+        # Only in training with gradients: in evaluation or generation nothing is saved, so nothing to recompute.
+        recompute = (self.activation_checkpointing and self.training and torch.is_grad_enabled()
+                     and kv_cache is None)
         for layer, layer_cache in zip(self.layers, layer_caches):
-            x = layer(x, token_positions, layer_cache)
+            if recompute:
+                # Saves only x (and the positions) for the backward pass, which reruns layer(x) to get the rest.
+                # use_reentrant=False: the variant torch recommends, which also works under torch.compile.
+                x = checkpoint(layer, x, token_positions, layer_cache, use_reentrant=False)
+            else:
+                x = layer(x, token_positions, layer_cache)
         return self.lm_head(self.ln_final(x))  # (batch, seq, vocab)

@@ -40,6 +40,8 @@ def accounting_report(config: TrainConfig) -> str:
     bytes_per_activation = 2 if run.precision == "bf16" else 4
     memory = training_memory(model, micro_batch)
     activations_gib = memory.activations / 4 * bytes_per_activation / 2**30
+    checkpointed = training_memory(model, micro_batch, activation_checkpointing=True)
+    checkpointed_gib = checkpointed.activations / 4 * bytes_per_activation / 2**30
     tokens = run.steps * run.batch_size * model.context_length
     parameters = parameter_count(model)
     lines = [
@@ -57,6 +59,8 @@ def accounting_report(config: TrainConfig) -> str:
         f"  gradients           {memory.gradients / 2**30:>12.3f} GiB",
         f"  optimizer state     {memory.optimizer_state / 2**30:>12.3f} GiB",
         f"  activations         {activations_gib:>12.3f} GiB  (approximate, {run.precision})",
+        f"    checkpointed      {checkpointed_gib:>12.3f} GiB  (with activation checkpointing: the block inputs, "
+        f"one block recomputed at a time)",
         f"  total               {(memory.total - memory.activations) / 2**30 + activations_gib:>12.3f} GiB",
     ]
     return "\n".join(lines)
