@@ -24,8 +24,8 @@ from cs336_nn import TransformerLM
 from cs336_optim import make_adamw, parameter_groups
 from cs336_train import TrainConfig, distributed, runtime
 from cs336_train.config_files import resolve_config
-from cs336_train.data import open_tokens
-from cs336_train.instruments import ParameterGroups
+from cs336_train.data import TrainingBatches, open_tokens
+from cs336_train.instruments import DivergenceWatch, ParameterGroups
 from cs336_train.trainer import LOSS_FUNCTIONS, StepContext, _measure_dynamics, _optimizer_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,15 +51,17 @@ def main() -> None:
         runtime.seed_everything(0)
         model = TransformerLM(config.model)
         optimizer = make_adamw(parameter_groups(model.named_parameters(), 0.1), lr=1e-3)
-        context = StepContext(config, model, optimizer, ParameterGroups(model.named_parameters()),
-                              LOSS_FUNCTIONS["scratch"], open_tokens(scratch / "train.bin", 10_000),
-                              config.run.batch_size, distributed.Distributed(), device)
-        sampler = np.random.default_rng(0)
+        groups = ParameterGroups(model.named_parameters())
+        context = StepContext(config, model, optimizer, groups, LOSS_FUNCTIONS["scratch"], distributed.Distributed(),
+                              device, DivergenceWatch(device, sum(len(group) for group in groups.parameters)))
+        batches = TrainingBatches(open_tokens(scratch / "train.bin", 10_000), config.run.batch_size,
+                                  config.model.context_length, np.random.default_rng(0), device)
         plain, measured = [], []
         for step in range(2 + arguments.steps):
             for measure, times in ((False, plain), (True, measured)):
                 start = time.perf_counter()
-                result = _optimizer_step(context, sampler, 100 + step, measure)
+                result = _optimizer_step(context, batches.next_step(), 100 + step, 1e-3, 0.0, measure)
+                float(result.loss)  # a plain step is timed to the end of its work, as the trainer's read points do
                 if measure:
                     _measure_dynamics(context, model, result)
                 if step >= 2:  # the first steps warm caches and allocators

@@ -172,3 +172,68 @@ def test_clipping_matches_clip_grad_norm(max_norm):
     torch.testing.assert_close(norm, expected_norm)
     for a, b in zip(ours_model.parameters(), reference_model.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5)
+
+
+def _read_counter(monkeypatch):
+    """Counts every read of a tensor's value back to Python (what would stall a GPU), by patching the readers."""
+    reads = []
+    for name in ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return reads
+
+
+@pytest.mark.parametrize("max_norm", [1e-2, 1e4])
+def test_clipping_reads_nothing_back_and_leaves_small_gradients_exactly_as_they_were(max_norm, monkeypatch):
+    model = make_model()
+    (model(torch.randn(8, 6)) ** 2).sum().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    reads = _read_counter(monkeypatch)
+    norm = optim_.clip_gradients(model.parameters(), max_norm)
+    assert reads == []  # the clip is decided on the device: no `if norm > max_norm` on the host
+    monkeypatch.undo()
+    expected_norm = torch.cat([g.flatten() for g in before]).norm()
+    torch.testing.assert_close(norm, expected_norm)
+    scale = min(1.0, max_norm / (float(expected_norm) + 1e-6))
+    for p, g in zip(model.parameters(), before):
+        if scale == 1.0:
+            assert torch.equal(p.grad, g)  # multiplied by exactly 1
+        else:
+            torch.testing.assert_close(p.grad, g * scale)
+
+
+def test_adamw_accepts_a_learning_rate_tensor_and_matches_the_number():
+    settings = dict(betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ours, _ = train(lambda p: optim_.AdamW(p, lr=1e-2, **settings))
+
+    def with_tensor_rate(parameters):
+        optimizer = optim_.AdamW(parameters, lr=1e-2, **settings)
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(1e-2)
+        return optimizer
+
+    tensor_rate, _ = train(with_tensor_rate)
+    # -α_t divides the denominator in both cases; the tensor is float32, the number float64: rounding differs.
+    torch.testing.assert_close(tensor_rate, ours, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["scratch", "torch"])
+def test_a_zero_learning_rate_tensor_leaves_the_weights_exactly_unchanged(impl):
+    """The trainer's NaN guard: from a non-finite step on, the rate is a device 0 and nothing may move."""
+    model = make_model()
+    optimizer = optim_.make_adamw(optim_.parameter_groups(model.named_parameters(), 0.1), impl=impl, lr=1e-2,
+                                  weight_decay=0.1)
+    for rate in (1e-2, 1e-2, 0.0, 0.0):  # moments built up first, so a zero rate must also stop the momentum
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer.zero_grad()
+        model(torch.randn(4, 6)).sum().backward()
+        for group in optimizer.param_groups:
+            group["lr"] = torch.where(torch.tensor(rate > 0), rate, 0.0)
+        optimizer.step()
+        unchanged = all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+        assert unchanged == (rate == 0.0), rate

@@ -87,3 +87,31 @@ def test_other_write_errors_are_not_swallowed():
     console = TrainingConsole(total_steps=10, stream=Full(), interactive=False)
     with pytest.raises(OSError, match="No space"):
         console.say("hello")
+
+
+@pytest.mark.slow
+def test_piping_into_head_stops_the_run_with_a_checkpoint_and_no_traceback(tmp_path):
+    """`cs336-train fit ... 2>&1 | head -n 3`: head exits after 3 lines; the run saves, exits 141 (SIGPIPE) quietly,
+    and `resume` continues it."""
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.train_helpers import make_token_files, tiny_config, write_config
+
+    files = make_token_files(tmp_path / "data")
+    config = write_config(tmp_path / "tiny.toml", tiny_config(files, steps=100_000, log_interval=1))
+    run_dir = tmp_path / "run"
+    command = f"{shlex.quote(sys.executable)} -m cs336_train fit {config} --out {run_dir}"
+    stderr_file = tmp_path / "after_head.txt"
+    script = f"{command} 2>&1 | head -n 3 > {tmp_path / 'head.txt'}; echo ${{PIPESTATUS[0]}} > {stderr_file}"
+    subprocess.run(["bash", "-c", script], check=True, timeout=300)
+    assert stderr_file.read_text().strip() == "141"  # 128 + SIGPIPE, like any Unix tool whose reader left
+    assert len((tmp_path / "head.txt").read_text().splitlines()) == 3
+    saved = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    assert saved and not list(run_dir.rglob("*.partial"))
+    # the saved run continues (a tiny time budget: one more step is enough to show it)
+    resumed = subprocess.run([sys.executable, "-m", "cs336_train", "resume", str(run_dir), "--set",
+                              "run.time_budget_s=0.001"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {saved[-1].name}" in resumed.stderr

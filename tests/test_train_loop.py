@@ -48,6 +48,8 @@ def test_validation_loss_is_exact_over_the_whole_file(token_files, tmp_path):
     config = tiny_config(token_files, steps=5, valid_batch_size=3)
     result = train(config, tmp_path / "run")
     state = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000005.pt")
+    # The optimizer ran on a device-side rate; the checkpoint holds it as a number, as checkpoints always did.
+    assert all(isinstance(group["lr"], float) for group in state["optimizer"]["param_groups"])
     model = TransformerLM(config.model)
     model.load_state_dict(state["model"])
 
@@ -187,3 +189,57 @@ def test_compiled_training_matches_eager_and_its_checkpoints_load_into_a_plain_m
     # The checkpoint holds the model's own parameter names (no torch.compile "_orig_mod." prefix).
     state = read_checkpoint(tmp_path / "compiled" / "checkpoints" / "step_00000004.pt")
     TransformerLM(tiny_config(token_files).model).load_state_dict(state["model"])
+
+
+def _cosine_with_warmup(fraction, peak, minimum, warmup_fraction):
+    """The handout's schedule written out on a 0..1 horizon (the test's reference)."""
+    if fraction < warmup_fraction:
+        return fraction / warmup_fraction * peak
+    if fraction >= 1:
+        return minimum
+    progress = (fraction - warmup_fraction) / (1 - warmup_fraction)
+    return minimum + 0.5 * (1 + math.cos(math.pi * progress)) * (peak - minimum)
+
+
+def test_a_time_budget_is_the_schedule_horizon_so_the_run_ends_at_the_minimum_rate(token_files, tmp_path):
+    budget = 2.0
+    config = tiny_config(token_files, steps=100_000, time_budget_s=budget, stats_interval=0)
+    result = train(config, tmp_path / "run")
+    assert result.stopped_by == "time budget" and result.steps < 100_000
+    peak, warmup = config.optimizer.lr, config.optimizer.warmup_fraction
+    minimum = peak * config.optimizer.min_lr_ratio
+    records = _records(result.run_dir, "train")  # every step (log_interval 1)
+    assert [r["step"] for r in records] == list(range(1, result.steps + 1))
+    # Each step's rate is the schedule at the training seconds spent before it (wall_s is logged to the ms).
+    started_at = [0.0] + [r["wall_s"] for r in records[:-1]]
+    for record, elapsed in zip(records, started_at, strict=True):
+        assert record["lr"] == pytest.approx(_cosine_with_warmup(elapsed / budget, peak, minimum, warmup),
+                                             abs=peak * 5e-3), record["step"]
+    # The run stopped once the budget was spent, so its last step began within one step of the schedule's end,
+    # where the rate reaches the minimum: that step's rate is the lowest of the whole decay.
+    assert started_at[-1] <= budget <= records[-1]["wall_s"]  # (<=: wall_s is rounded to the ms)
+    decay = [r["lr"] for r, elapsed in zip(records, started_at, strict=True) if elapsed > warmup * budget]
+    assert len(decay) > 1 and records[-1]["lr"] == min(decay) < peak
+
+
+def test_activation_checkpointing_recomputes_and_trains_to_the_same_losses(token_files, tmp_path, monkeypatch):
+    real_model, forwards_with_gradients = trainer_module.TransformerLM, []
+
+    def counted_model(*args, **kwargs):  # counts the first block's forward passes made for training
+        model = real_model(*args, **kwargs)
+        # A pre-hook: torch's checkpoint stops the recomputation as soon as it has what backward needs, so the
+        # recomputed forward may never return (a forward hook would not see it).
+        model.layers[0].register_forward_pre_hook(
+            lambda *_: forwards_with_gradients.append(1) if torch.is_grad_enabled() else None)
+        return model
+
+    monkeypatch.setattr(trainer_module, "TransformerLM", counted_model)
+    plain = train(tiny_config(token_files, steps=5), tmp_path / "plain")
+    assert len(forwards_with_gradients) == 5
+    forwards_with_gradients.clear()
+    recomputed = train(tiny_config(token_files, steps=5, activation_checkpointing=True), tmp_path / "recomputed")
+    assert len(forwards_with_gradients) == 10  # each block runs again in the backward pass
+    losses = [[r["loss"] for r in _records(result.run_dir, "train")] for result in (plain, recomputed)]
+    assert losses[0] == losses[1]  # the same numbers, recomputed (fp32, one thread)
+    assert recomputed.valid_loss == plain.valid_loss
+    assert load_run_config(recomputed.run_dir, ["run.activation_checkpointing=false"])  # resumable either way

@@ -95,3 +95,28 @@ def test_torchrun_two_cpu_processes_match_one_process_with_the_same_global_batch
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "cs336_train", "resume", str(parallel)], capture_output=True, text=True, env=environment, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def _agree_across_two_ranks(rank: int, store_path: str, results: dict) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from cs336_train import distributed
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        # Each rank's own clock reads differently; the budget's decisions must use one of them everywhere.
+        clock = distributed.main_rank_value(100.0 + rank)
+        loss = distributed.average_across_ranks(torch.tensor(float(rank + 1)), 2)
+        results[rank] = (clock, float(loss))
+    finally:
+        distributed.shutdown()
+
+
+def test_ranks_agree_on_the_clock_and_average_the_loss_on_the_device(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_agree_across_two_ranks, args=(str(tmp_path / "store"), results), nprocs=2)
+        assert dict(results) == {0: (100.0, 1.5), 1: (100.0, 1.5)}

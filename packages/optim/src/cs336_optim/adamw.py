@@ -11,6 +11,10 @@ shrinking it for parameters with large gradients. AdamW decays every weight at t
 
 Each update runs on all parameters of a group at once with torch's `_foreach_*` operations: a handful of
 kernels per step instead of a Python loop over parameters.
+
+The learning rate may be a number or a 0-dim tensor on the parameters' device. A trainer on a GPU keeps it there
+so that no step waits for the host, and multiplies it by 0 to skip a step whose gradients are not finite: with
+α = 0 the step leaves every weight exactly as it was (the gradients must be finite, so m and v stay finite).
 """
 
 import math
@@ -37,9 +41,9 @@ def _batches(parameters: list[torch.Tensor]) -> list[list[int]]:
 
 
 class AdamW(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01):
-        if lr < 0:
+    def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01):
+        if not lr >= 0:  # a tensor learning rate is checked here once, at construction
             raise ValueError(f"learning rate must be >= 0, got {lr}")
         if not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
@@ -73,12 +77,17 @@ class AdamW(torch.optim.Optimizer):
             torch._foreach_mul_(second_moments, beta2)
             torch._foreach_addcmul_(second_moments, gradients, gradients, value=1 - beta2)  # v += (1 - β2) g²
 
-            step_sizes = [-lr * math.sqrt(1 - beta2 ** state["t"]) / (1 - beta1 ** state["t"]) for state in states]
+            # -α_t for each step count t present (all parameters of a group share one, unless some skipped steps
+            # without a gradient). It divides the denominator, θ += m / ((sqrt(v) + ε) / -α_t), rather than
+            # scaling m / (sqrt(v) + ε), because torch's multi-tensor ops take a tensor α_t only as a divisor there.
+            step_sizes = {t: -lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t) for t in {s["t"] for s in states}}
             for batch in _batches(parameters):
                 denominators = torch._foreach_sqrt([second_moments[i] for i in batch])  # sqrt(v) + ε
                 torch._foreach_add_(denominators, eps)
+                divisors = [step_sizes[states[i]["t"]] for i in batch]
+                torch._foreach_div_(denominators, divisors[0] if len(step_sizes) == 1 else divisors)
                 torch._foreach_addcdiv_([parameters[i] for i in batch], [first_moments[i] for i in batch],
-                                        denominators, [step_sizes[i] for i in batch])  # θ -= α_t m / (sqrt(v) + ε)
+                                        denominators)  # θ -= α_t m / (sqrt(v) + ε)
             if weight_decay:
                 torch._foreach_mul_(parameters, 1 - lr * weight_decay)
         return loss

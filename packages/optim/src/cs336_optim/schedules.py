@@ -9,13 +9,16 @@ Cosine with warm-up (the handout's definition, t = iteration, T_w = warmup_iters
 Warm-up / stable / decay ("WSD", trapezoidal): linear warm-up, then lr_max for most of the run, then a linear
 decay to lr_min over the final `decay_iters`. Its appeal: the stable phase does not depend on the run length,
 so one run can be extended or branched into decays of different lengths.
+
+The position need not be a whole step: a trainer with a time budget passes training seconds (and the warm-up and
+cycle lengths in seconds), so the schedule ends when the time does.
 """
 
 import math
 
 
-def cosine_schedule(it: int, max_learning_rate: float, min_learning_rate: float, warmup_iters: int,
-                    cosine_cycle_iters: int) -> float:
+def cosine_schedule(it: float, max_learning_rate: float, min_learning_rate: float, warmup_iters: float,
+                    cosine_cycle_iters: float) -> float:
     if it < warmup_iters:
         return it / warmup_iters * max_learning_rate
     if it <= cosine_cycle_iters:
@@ -25,8 +28,8 @@ def cosine_schedule(it: int, max_learning_rate: float, min_learning_rate: float,
     return min_learning_rate
 
 
-def wsd_schedule(it: int, max_learning_rate: float, min_learning_rate: float, warmup_iters: int, total_iters: int,
-                 decay_iters: int) -> float:
+def wsd_schedule(it: float, max_learning_rate: float, min_learning_rate: float, warmup_iters: float,
+                 total_iters: float, decay_iters: float) -> float:
     """Warm-up for `warmup_iters`, hold, then decay linearly to the minimum over the last `decay_iters`."""
     if it < warmup_iters:
         return it / warmup_iters * max_learning_rate

@@ -33,8 +33,8 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1  # on matrices only; norms and embeddings are not decayed
     schedule: str = "cosine"
-    warmup_fraction: float = 0.05  # of all steps
-    decay_fraction: float = 0.2  # wsd only: the final fraction of steps spent decaying
+    warmup_fraction: float = 0.05  # of all steps (of run.time_budget_s, when it is set)
+    decay_fraction: float = 0.2  # wsd only: the final fraction of steps (or of the time budget) spent decaying
     grad_clip: float = 1.0  # global L2 norm; 0 disables clipping
 
     def validate(self) -> None:
@@ -69,7 +69,8 @@ class RunConfig:
     batch_size: int = 32  # sequences per optimizer step, over all processes and accumulation steps
     grad_accum_steps: int = 1  # micro-batches per step: same result, less memory
     precision: str = "bf16"  # bf16 = bfloat16 autocast (weights and optimizer stay float32)
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (ignored on mps; slow to start on a CPU)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 slower
     device: str = "auto"  # auto = cuda, then mps, then cpu
     seed: int = 0
     loss_impl: str = "scratch"  # our cross-entropy, or torch's
@@ -77,7 +78,7 @@ class RunConfig:
     eval_interval: int = 0  # steps between validations; 0 = only at the end
     checkpoint_interval: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 3  # step checkpoints kept (plus best.pt)
-    time_budget_s: float = 0.0  # stop, validate and checkpoint after this many training seconds; 0 = none
+    time_budget_s: float = 0.0  # stop after this many training seconds; the lr schedule then runs on time; 0 = none
     valid_batch_size: int = 16  # sequences per validation forward pass
     num_threads: int = 0  # CPU threads for torch; 0 = torch's default
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns on any thread count

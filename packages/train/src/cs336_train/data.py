@@ -53,12 +53,58 @@ def windows_at(tokens: npt.NDArray, starts: npt.NDArray, context_length: int,
     """The windows beginning at `starts` -> (inputs, targets) on `device`."""
     # (batch, context_length + 1) via fancy indexing: one gather from the memory map, no Python loop.
     offsets = np.arange(context_length + 1)
-    windows = torch.from_numpy(np.asarray(tokens[starts[:, None] + offsets], dtype=np.int64))
+    gathered = tokens[starts[:, None] + offsets]
     device = torch.device(device)
-    # On CUDA, pinned host memory lets the copy run asynchronously while the GPU is still busy with the last step.
-    pinned = device.type == "cuda"
-    windows = (windows.pin_memory() if pinned else windows).to(device, non_blocking=pinned)
+    if device.type == "cuda":
+        # Converted straight into pinned (page-locked) host memory, whose copy to the GPU is asynchronous: it is
+        # queued behind the GPU's current work and the host moves on. From ordinary memory the host would wait.
+        windows = torch.empty(gathered.shape, dtype=torch.int64, pin_memory=True)
+        windows.numpy()[...] = gathered
+        windows = windows.to(device, non_blocking=True)
+    else:
+        windows = torch.from_numpy(np.asarray(gathered, dtype=np.int64)).to(device)
     return windows[:, :-1], windows[:, 1:]
+
+
+class TrainingBatches:
+    """Every optimizer step's training windows, in step order; with `prefetch` (default: on CUDA) one step ahead.
+
+    Each step is one draw of `batch_size` window starts from `sampler`, the same on every rank: the global batch,
+    laid out (grad_accum_steps, world_size, micro-batch). This rank takes its column, one micro-batch per
+    accumulation step.
+
+    Prefetching: when step s takes its windows, step s+1's are drawn, gathered and their copy to the GPU queued
+    (`windows_at`), so the GPU never waits for the memory map between steps. The draws come in the same order
+    either way; `sampler_state()` is the state before any draw made ahead, the one a checkpoint must hold for a
+    resumed run to see the same windows.
+
+        >>> batches = TrainingBatches(tokens, 8, 256, np.random.default_rng(0), "cpu")  # doctest: +SKIP
+        >>> (inputs, targets), = batches.next_step()   # one micro-batch: (8, 256) each  # doctest: +SKIP
+    """
+
+    def __init__(self, tokens: npt.NDArray, batch_size: int, context_length: int, sampler: np.random.Generator,
+                 device: str | torch.device, grad_accum_steps: int = 1, world_size: int = 1, rank: int = 0,
+                 prefetch: bool | None = None):
+        self.tokens, self.batch_size, self.context_length = tokens, batch_size, context_length
+        self.sampler, self.device = sampler, torch.device(device)
+        self.grad_accum_steps, self.world_size, self.rank = grad_accum_steps, world_size, rank
+        self.prefetch = self.device.type == "cuda" if prefetch is None else prefetch
+        self._ahead: tuple[dict, list] | None = None  # (sampler state before its draw, micro-batches) of the next step
+
+    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The next step's micro-batches of (inputs, targets), each (micro-batch, context_length) on the device."""
+        micro_batches = self._ahead[1] if self._ahead else self._draw()
+        self._ahead = (self.sampler.bit_generator.state, self._draw()) if self.prefetch else None
+        return micro_batches
+
+    def sampler_state(self) -> dict:
+        """The sampler's state as of the last step taken: what a checkpoint saves."""
+        return self._ahead[0] if self._ahead else self.sampler.bit_generator.state
+
+    def _draw(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        starts = sample_window_starts(len(self.tokens), self.batch_size, self.context_length, self.sampler)
+        starts = starts.reshape(self.grad_accum_steps, self.world_size, -1)[:, self.rank]
+        return [windows_at(self.tokens, micro_starts, self.context_length, self.device) for micro_starts in starts]
 
 
 def validation_batches(tokens: npt.NDArray, context_length: int, batch_size: int,

@@ -58,6 +58,41 @@ def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> 
         offset += gradient.numel()
 
 
+def average_across_ranks(value: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The mean of a device tensor over all ranks, left on the device (e.g. each step's loss: nothing waits)."""
+    if not dist.is_initialized():
+        return value
+    total = value.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / world_size
+
+
+def main_rank_value(value: float) -> float:
+    """Rank 0's `value` on every rank: for host-side numbers that must agree, such as the training clock.
+
+    Each rank measures its own seconds, and with a time budget they decide the learning rate and when to stop,
+    which must be the same everywhere (or the copies of the model drift apart, or one rank waits forever). The
+    number travels through a CPU (gloo) group: through a GPU it would stall the device for one float.
+    """
+    if not dist.is_initialized():
+        return value
+    message = torch.tensor([value], dtype=torch.float64)  # on the CPU
+    dist.broadcast(message, src=0, group=_host_group())
+    return message.item()
+
+
+_HOST_GROUP = None
+
+
+def _host_group():
+    """A gloo group over all ranks for host numbers (the default group may be NCCL, which only moves GPU tensors).
+    Made on first use, which every rank reaches at the same step."""
+    global _HOST_GROUP
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return _HOST_GROUP
+
+
 def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
     """Sum a few numbers (e.g. loss sums and token counts) over all ranks."""
     if not dist.is_initialized():
@@ -73,5 +108,7 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    global _HOST_GROUP
     if dist.is_initialized():
         dist.destroy_process_group()
+    _HOST_GROUP = None

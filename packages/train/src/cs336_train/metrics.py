@@ -7,7 +7,8 @@
     {"kind": "valid", "step": 256, "tokens": 2097152, "wall_s": 160.4, "loss": 3.31, "perplexity": 27.4,
      "bits_per_byte": 1.15}
     {"kind": "stats", "step": 64, ...}     every run.stats_interval steps: the instruments (instruments.py)
-    {"kind": "diverged", "step": 90, ...}  the loss became nan or inf: the last finite loss, the largest grad norms
+    {"kind": "diverged", "step": 90, ...}  the next step's loss or gradient norm became nan or inf: its loss and
+                                           grad_norm, the last finite loss, the largest grad norms
 
 `step` counts optimizer steps, `tokens` training tokens seen, `wall_s` training seconds since the run began
 (continued across resumes; validation and checkpoint time excluded). After a resume from an earlier checkpoint

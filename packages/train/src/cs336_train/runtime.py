@@ -1,6 +1,8 @@
-"""Where and how the model runs: device choice, precision, seeds and the hardware's matrix-product peak."""
+"""Where and how the model runs: device choice, precision, compilation, seeds and the hardware's matrix-product
+peak."""
 
 import contextlib
+import logging
 import os
 import random
 import time
@@ -33,7 +35,8 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
 
 
 def configure_backends(device: torch.device, num_threads: int, deterministic: bool = False) -> None:
-    """TF32 matrix products on CUDA (float32 storage, ~10-bit mantissa products: much faster, same training).
+    """TF32 matrix products on CUDA (float32 storage, ~10-bit mantissa products: much faster, same training), and
+    only there: on MPS the handout found TF32 kernels that silently break training (§7.2, low-resource tip).
 
     `deterministic`: the same run gives the same numbers bit for bit on any number of threads. With several
     threads some kernels add up partial results in whatever order the threads finish; their deterministic
@@ -48,6 +51,41 @@ def configure_backends(device: torch.device, num_threads: int, deterministic: bo
         torch.cuda.set_device(device)
     if num_threads:
         torch.set_num_threads(num_threads)
+
+
+def compile_plan(requested: bool, device: torch.device) -> tuple[str | None, str | None]:
+    """The torch.compile backend to use on `device` (None: do not compile), and the one line to say about it.
+
+    mps: "aot_eager", as the handout advises (§7.2, low-resource tip): Inductor, the default backend, does not
+    support mps, but ahead-of-time autograd still streamlines the backward pass.
+    cpu: Inductor, with a warning. Compiling takes minutes there, which pays off only in long runs; a config that
+    compiles was usually written for a GPU.
+    """
+    if not requested:
+        return None, None
+    if device.type == "mps":
+        return "aot_eager", ("run.compile on mps uses torch.compile's aot_eager backend: Inductor, the default, "
+                             "does not support mps (handout §7.2)")
+    if device.type == "cpu":
+        return "inductor", ("compiling the model for the CPU (run.compile = true): this takes minutes before the "
+                            "first step and pays off only in long runs, and the configuration was probably written "
+                            "for a GPU; set run.compile=false to skip it")
+    return "inductor", None
+
+
+def compile_model(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """torch.compile(model), without torch's misleading "No CUDA runtime is found" warning on a CPU-only run.
+
+    Compiling for the CPU imports torch.utils.cpp_extension, which warns at import when it finds a CUDA toolkit
+    (nvcc, CUDA_HOME) but no GPU. It compiles no CUDA code here, so the warning only confuses. Compilation
+    happens at the first forward pass, so the filter stays on the logger.
+    """
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_no_cuda_runtime_warning)
+    return torch.compile(model, backend=backend)
+
+
+def _no_cuda_runtime_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("No CUDA runtime is found")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -96,15 +134,16 @@ def measure_matmul_peak(device: torch.device, precision: str, size: int = 2048, 
     a @ b  # warm-up (kernel selection, caches)
     best = float("inf")
     for _ in range(repeats):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         a @ b
-        _synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait until the device has finished the work queued on it (on a CPU there is nothing to wait for)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
