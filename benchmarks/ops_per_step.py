@@ -1,7 +1,7 @@
 """Tensor operations one training step dispatches: our kernels under the CPU and the GPU policy, against the built-ins.
 
     uv run python benchmarks/ops_per_step.py [--batch 128] [--context 256] [--d-model 512] [--layers 4] [--heads 16]
-                                             [--d-ff 1344] [--vocab 10000]
+                                             [--d-ff 1344] [--vocab 10000] [--breakdown]
 
 On a GPU every operation that computes is a kernel launch, a few microseconds of host time each: chunking tuned
 for a CPU's caches (cs336_nn/kernel_policy.py) would make a step launch-bound. This counts every ATen operation
@@ -13,9 +13,14 @@ one) for three paths:
   with `use_policy`, so both are measured here on a CPU.
 
 "ops" counts every dispatched operation, views included; "launches" leaves out views and allocations, which run
-no kernel. The default is the course model (d_model 512, 4 layers, 16 heads, d_ff 1344, context 256, vocab
-10,000) at batch 128, whose logits alone take 1.3 GB: the step runs on FakeTensors (shapes and dtypes, no data,
-no arithmetic). A check first counts a small model on real tensors and on FakeTensors: the counts must agree.
+no kernel. Each operation counts once, as the dispatcher sees it: torch.logsumexp, for one, is a single operation
+here and about nine kernels on a GPU (amax, sub, exp, sum, log...), so our GPU path does not lean on such
+composites to look small. `--breakdown` prints how many times each path dispatches each operation, the
+operations where ours and the built-ins differ most first.
+
+The default is the course model (d_model 512, 4 layers, 16 heads, d_ff 1344, context 256, vocab 10,000) at batch
+128, whose logits alone take 1.3 GB: the step runs on FakeTensors (shapes and dtypes, no data, no arithmetic). A
+check first counts a small model on real tensors and on FakeTensors: the counts must agree.
 """
 
 import argparse
@@ -30,8 +35,9 @@ import cs336_nn as nn_
 from cs336_nn import fused_attention
 from cs336_nn.builtin import torch_cross_entropy
 
-# Operations that run no kernel besides views: allocations (the caching allocator) and host-side bookkeeping.
-NO_KERNEL = {"empty", "empty_like", "empty_strided", "promote_types", "detach"}
+# Operations that run no kernel besides views: allocations (the caching allocator), host-side bookkeeping, and
+# _unsafe_view (a view that autograd does not track as one: reshape's result after a copy, matmul's output).
+NO_KERNEL = {"empty", "empty_like", "empty_strided", "promote_types", "detach", "_unsafe_view"}
 
 
 class CountOperations(TorchDispatchMode):
@@ -52,8 +58,11 @@ class CountOperations(TorchDispatchMode):
 
     @property
     def launches(self) -> int:
-        return sum(n for func, n in self.counts.items()
-                   if not func.is_view and func._opname not in NO_KERNEL)
+        return sum(n for func, n in self.counts.items() if launches_a_kernel(func))
+
+
+def launches_a_kernel(func) -> bool:
+    return not func.is_view and func._opname not in NO_KERNEL
 
 
 def count_step(config: nn_.ModelConfig, batch: int, loss_fn, fake: bool) -> CountOperations:
@@ -102,6 +111,21 @@ def check_fake_counts_equal_real() -> None:
           "the same operations: " + ", ".join(f"{path} {counter.operations:,}" for path, counter in real.items()))
 
 
+def print_breakdown(counts: dict[str, CountOperations]) -> None:
+    """Each operation's count in every path; the ones where the last path (ours on a GPU) exceeds the first (the
+    built-ins) most come first. Views and allocations are marked: they count as operations, not launches."""
+    first, last = next(iter(counts.values())).counts, list(counts.values())[-1].counts
+    operations = sorted(set().union(*(counter.counts for counter in counts.values())),
+                        key=lambda func: (first[func] - last[func], str(func)))
+    names = [path.split(" (")[0].removeprefix("ours, ") for path in counts]  # "built-in", "cpu policy", ...
+    labels = {func: str(func) + ("" if launches_a_kernel(func) else " (no kernel)") for func in operations}
+    width = max(map(len, labels.values())) + 2
+    print(f"\n{'operation':<{width}}" + "".join(f"{name:>12}" for name in names) + f"{'difference':>12}")
+    for func in operations:
+        print(f"{labels[func]:<{width}}" + "".join(f"{counter.counts[func]:>12,}" for counter in counts.values())
+              + f"{last[func] - first[func]:>+12,}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -111,6 +135,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--d-ff", type=int, default=1344)
     parser.add_argument("--vocab", type=int, default=10_000)
+    parser.add_argument("--breakdown", action="store_true", help="print each path's count of every operation")
     arguments = parser.parse_args()
     check_fake_counts_equal_real()
     config = nn_.ModelConfig(vocab_size=arguments.vocab, context_length=arguments.context, d_model=arguments.d_model,
@@ -123,6 +148,8 @@ def main() -> None:
     for path, counter in counts.items():
         print(f"{path:<36}{counter.operations:>9,}{counter.operations / builtin.operations:>12.2f}"
               f"{counter.launches:>10,}{counter.launches / builtin.launches:>12.2f}")
+    if arguments.breakdown:
+        print_breakdown(counts)
 
 
 if __name__ == "__main__":

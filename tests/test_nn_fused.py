@@ -30,17 +30,22 @@ def sdpa_causal(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-@pytest.fixture(params=[1, 2, 3])
-def small_chunks(request):
-    """Chunks of a few (batch, head) slices, so the last chunk is a partial one, and 1, 2 or 3 blocks of query
-    rows (3 blocks of 16 rows: 6, 6 and 4 rows)."""
+@pytest.fixture(params=[1, 2, 3, "one piece"], ids=["1 block", "2 blocks", "3 blocks", "one piece"])
+def attention_path(request):
+    """Each way the fused attention runs. Chunks of a few (batch, head) slices, so the last chunk is a partial one,
+    and 1, 2 or 3 blocks of query rows (3 blocks of 16 rows: 6, 6 and 4 rows); or the GPU policy, under which
+    these small inputs are one chunk and one block, run by `OneChunkCausalAttention`."""
+    if request.param == "one piece":
+        with use_policy("cuda"):
+            yield
+        return
     with use_policy(KernelPolicy(attention_chunk_bytes=3 * 16 * 16 * 4, query_blocks=request.param,
                                  loss_chunk_elements=CPU_POLICY.loss_chunk_elements)):
         yield
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 16, 8), (7, 16, 8), (1, 1, 16, 8)])
-def test_fused_attention_matches_sdpa_forward_and_backward(shape, small_chunks):
+def test_fused_attention_matches_sdpa_forward_and_backward(shape, attention_path):
     q, k, v = (torch.randn(shape) for _ in range(3))
     out, grads = values_and_grads(fused_causal_attention, q, k, v)
     ref, ref_grads = values_and_grads(sdpa_causal, q, k, v)
@@ -56,13 +61,13 @@ def test_fused_attention_is_the_models_causal_attention():
     assert_close(nn_.causal_attention(q, k, v), textbook)
 
 
-def test_fused_attention_gradcheck_float64(small_chunks):
+def test_fused_attention_gradcheck_float64(attention_path):
     q, k, v = (torch.randn(2, 3, 16, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     assert torch.autograd.gradcheck(fused_causal_attention, (q, k, v))
 
 
 @pytest.mark.parametrize("queries", [1, 3, 7])
-def test_fused_attention_with_fewer_queries_than_keys_sees_the_last_positions(queries, small_chunks):
+def test_fused_attention_with_fewer_queries_than_keys_sees_the_last_positions(queries, attention_path):
     q, k, v = torch.randn(2, 4, queries, 8), torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 6)
     # Query i sits at position 9 - queries + i: it may see keys 0..9 - queries + i.
     allowed = torch.ones(queries, 9, dtype=torch.bool).tril(diagonal=9 - queries)
@@ -83,13 +88,15 @@ def test_query_blocks_cover_the_causal_part_once():
     assert fused_attention.query_blocks(16, 16, 1) == [(slice(0, 16), 16)]
 
 
-def test_fused_attention_is_stable_for_huge_scores():
+@pytest.mark.parametrize("policy", ["cpu", "cuda"])
+def test_fused_attention_is_stable_for_huge_scores(policy):
     # Scores in the thousands: exp would overflow without the max subtraction, and most entries underflow. In
     # float32 the gradients are then exact only up to about 1e-4 of their scale (torch's own kernel included).
     generator = torch.Generator().manual_seed(0)
     q, k = (torch.randn(2, 2, 12, 8, generator=generator) * 40 for _ in range(2))
     v = torch.randn(2, 2, 12, 8, generator=generator)
-    out, grads = values_and_grads(fused_causal_attention, q, k, v)
+    with use_policy(policy):  # "cuda": the one-piece version
+        out, grads = values_and_grads(fused_causal_attention, q, k, v)
     ref, ref_grads = values_and_grads(sdpa_causal, q.double(), k.double(), v.double())
     assert torch.isfinite(out).all()
     assert_close(out, ref.float(), atol=1e-4, rtol=1e-3)
@@ -98,7 +105,7 @@ def test_fused_attention_is_stable_for_huge_scores():
         assert_close(ours.double(), expected, atol=2e-3 * scale, rtol=0)
 
 
-def test_fused_attention_in_bfloat16_is_close_to_float64(small_chunks):
+def test_fused_attention_in_bfloat16_is_close_to_float64(attention_path):
     q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
     out, grads = values_and_grads(fused_causal_attention, q.bfloat16(), k.bfloat16(), v.bfloat16())
     ref, ref_grads = values_and_grads(sdpa_causal, q.double(), k.double(), v.double())
@@ -131,10 +138,12 @@ def test_rmsnorm_gradcheck_and_dtypes():
     assert_close(norm(x16).float(), norm(x16.float()).bfloat16().float(), atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("chunk_elements", [3 * 50, CPU_POLICY.loss_chunk_elements])
+@pytest.mark.parametrize("chunk_elements", [3 * 50, CPU_POLICY.loss_chunk_elements, "one piece"])
 def test_cross_entropy_in_chunks_matches_builtin_and_gradcheck(chunk_elements):
-    # 3 rows per chunk, 28 rows: a partial last chunk; or one chunk of everything
-    with use_policy(KernelPolicy(CPU_POLICY.attention_chunk_bytes, CPU_POLICY.query_blocks, chunk_elements)):
+    # 3 rows per chunk, 28 rows: a partial last chunk; or one chunk of everything; or the GPU policy's one piece
+    policy = ("cuda" if chunk_elements == "one piece"
+              else KernelPolicy(CPU_POLICY.attention_chunk_bytes, CPU_POLICY.query_blocks, chunk_elements))
+    with use_policy(policy):
         check_cross_entropy_against_builtin()
 
 
@@ -147,11 +156,11 @@ def check_cross_entropy_against_builtin():
     assert_close(grad, ref_grad)
     logits64 = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
     targets64 = torch.randint(0, 6, (5,))
-    assert torch.autograd.gradcheck(lambda l: loss._CrossEntropy.apply(l, targets64), (logits64,))
+    assert torch.autograd.gradcheck(lambda l: loss._losses(l, targets64), (logits64,))  # the policy's version
 
 
 @pytest.mark.slow
-def test_fused_attention_compiles_to_the_same_values_and_gradients(small_chunks):
+def test_fused_attention_compiles_to_the_same_values_and_gradients(attention_path):
     q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
     out, grads = values_and_grads(torch.compile(fused_causal_attention, fullgraph=True), q, k, v)
     ref, ref_grads = values_and_grads(sdpa_causal, q, k, v)

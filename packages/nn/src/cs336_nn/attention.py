@@ -41,7 +41,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     The same result as `scaled_dot_product_attention(q, k, v, causal_mask(seq))`, computed by
     `fused_attention.CausalAttention`: in chunks, with a hand-written backward pass, never holding the whole
-    (..., seq, seq) score matrix. Read `scaled_dot_product_attention` for the math, the fused version for speed.
+    (..., seq, seq) score matrix (on a GPU, in one piece with the fewest launches: `OneChunkCausalAttention`).
+    Read `scaled_dot_product_attention` for the math, the fused versions for speed.
     """
     return fused_causal_attention(q, k, v)
 

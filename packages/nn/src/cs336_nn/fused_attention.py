@@ -12,7 +12,10 @@ split into blocks so that early rows skip the keys they may not see anyway.
 
 How large a chunk is, and how many query blocks, depends on the device (`kernel_policy.py`): a few MB and two
 blocks on a CPU, for its caches; on a GPU, where every operation is a kernel launch, one chunk and one block
-whenever the scores fit in 1 GiB, so a layer is a handful of launches.
+whenever the scores fit in 1 GiB. That case has its own function, `OneChunkCausalAttention` (below): with nothing
+to cut and no cache to fit, it gives up the tricks below, which save passes over cache-sized chunks at the price
+of more small operations, for the fewest kernel launches. In the model that is 4 launches a layer forward and 10
+backward, where this chunked version, even in one chunk, takes 12 and 18.
 
 Forward, per chunk (S = scores, E = unnormalised probabilities, O = output):
 
@@ -58,6 +61,11 @@ def future_mask(queries: int, keys: int, dtype: torch.dtype, device: torch.devic
     if not torch.compiler.is_compiling():  # a compiled graph builds its own constant; it must not touch globals
         _future_masks[key] = mask
     return mask
+
+
+def check_keys_cover_queries(queries: int, keys: int) -> None:
+    if keys < queries:
+        raise ValueError(f"causal attention needs at least as many keys as queries, got {keys} < {queries}")
 
 
 def query_blocks(queries: int, keys: int, blocks: int) -> list[tuple[slice, int]]:
@@ -109,8 +117,7 @@ class CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         batch_shape, queries, keys, d = q.shape[:-2], q.shape[-2], k.shape[-2], q.shape[-1]
-        if keys < queries:
-            raise ValueError(f"causal attention needs at least as many keys as queries, got {keys} < {queries}")
+        check_keys_cover_queries(queries, keys)
         # exp(x) = 2^(x log2 e): folding log2 e into the 1/sqrt(d) scale lets us use exp2, which torch computes at
         # full speed even where the result underflows (masked and far-below-max scores); float32 exp on a CPU
         # takes a slow path there, about 10x slower.
@@ -207,6 +214,94 @@ class CausalAttention(torch.autograd.Function):
                                                                     ctx.inputs))
 
 
+def as_batches_of_matrices(q: Tensor, k: Tensor, v: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v (..., rows, d) -> three contiguous (slices, rows, d) tensors in `dtype`: batch dimensions flattened.
+
+    In the model q, k and v are strided views of one QKV projection ((batch, seq, heads, d_head) in memory, and
+    RoPE's output keeps that layout), so flattening (batch, heads) into one dimension for bmm copies each of them.
+    When their shapes agree, one stack makes the three copies in one operation instead of three.
+    """
+    if q.shape == k.shape == v.shape:
+        q3, k3, v3 = torch.stack((q, k.to(dtype), v.to(dtype))).view(3, -1, *q.shape[-2:]).unbind()
+        return q3, k3, v3
+    q3, k3, v3 = (t.to(dtype).reshape(-1, *t.shape[-2:]) for t in (q, k, v))  # fewer queries than keys, or d_v != d
+    return q3, k3, v3
+
+
+class OneChunkCausalAttention(torch.autograd.Function):
+    """The same causal attention when all its scores are one chunk and its queries one block (a GPU's policy).
+
+    On a GPU each tensor operation is a kernel launch, and the chunked version's tricks cost launches: the columns
+    of ones and of -max each take a fill and a concatenation of (slices, seq, d + 1) copies, and its softmax is
+    four operations (max, subtract, exp2, the row sums). With one chunk there is no cache to fit, so this version
+    uses the fewest operations instead, with the same memory plan: nothing (seq x seq) is kept for the backward
+    pass, and the probabilities are recomputed there from Q and K.
+
+    Forward (S = scores, P = probabilities, O = output): three launches, after one stack that copies Q, K and V
+    into the (slices, seq, d) layout that bmm needs:
+
+        S = Q K^T / sqrt(d) + mask         one baddbmm: the mask is 0 where a query may attend, -inf in the future
+        P = softmax(S)                     torch.softmax: one kernel for the max, exp, sum and division of each row
+        O = P V
+
+    Backward, with dO the gradient of O and D = rowsum(dO * O) = rowsum(P * dP), the softmax backward's term:
+
+        P  = softmax(Q K^T / sqrt(d) + mask)               recomputed: two launches
+        dV = P^T dO
+        dS = P * (dO V^T - D) / sqrt(d)                    one baddbmm (D broadcast along the keys), one multiply
+        dQ = dS K,   dK = dS^T Q                           the 1/sqrt(d) of S is already in dS
+
+    Two (slices, seq, seq) tensors exist at a time, here as in the chunked version's backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        batch_shape, queries, keys, d = q.shape[:-2], q.shape[-2], k.shape[-2], q.shape[-1]
+        check_keys_cover_queries(queries, keys)
+        scale = 1 / math.sqrt(d)
+        with torch.autocast(q.device.type, enabled=False):  # dtypes are chosen here, not by autocast
+            q3, k3, v3 = as_batches_of_matrices(q, k, v, q.dtype)  # (slices, seq, d)
+            mask = future_mask(queries, keys, q.dtype, q.device)
+            scores = torch.baddbmm(mask, q3, k3.transpose(1, 2), alpha=scale)  # (slices, Tq, Tk)
+            out = torch.bmm(torch.softmax(scores, dim=-1), v3)  # (slices, Tq, d_v)
+        ctx.save_for_backward(q3, k3, v3, out)
+        ctx.scale = scale
+        ctx.inputs = [(t.shape, t.dtype) for t in (q, k, v)]
+        return out.view(*batch_shape, queries, v.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q3, k3, v3, out = ctx.saved_tensors
+        dtype, scale, queries, keys = q3.dtype, ctx.scale, q3.shape[1], k3.shape[1]
+        with torch.autocast(q3.device.type, enabled=False):
+            grad_out = grad_out.reshape(out.shape).to(dtype)  # (slices, Tq, d_v)
+            mask = future_mask(queries, keys, dtype, q3.device)
+            probabilities = torch.softmax(torch.baddbmm(mask, q3, k3.transpose(1, 2), alpha=scale), dim=-1)
+            grad_v = torch.bmm(probabilities.transpose(1, 2), grad_out)  # dV = P^T dO
+            row_dot = (grad_out * out).sum(dim=-1, keepdim=True)  # D (slices, Tq, 1)
+            # dS = P (dP - D) / sqrt(d), with dP - D = dO V^T - D: baddbmm computes beta D + alpha dO V^T
+            grad_scores = torch.baddbmm(row_dot, grad_out, v3.transpose(1, 2), beta=-scale, alpha=scale)
+            grad_scores.mul_(probabilities)
+            grad_q = torch.bmm(grad_scores, k3)  # dQ = dS K
+            grad_k = torch.bmm(grad_scores.transpose(1, 2), q3)  # dK = dS^T Q
+        return tuple(grad.view(shape).to(input_dtype) if needed else None
+                     for grad, needed, (shape, input_dtype) in zip((grad_q, grad_k, grad_v), ctx.needs_input_grad,
+                                                                    ctx.inputs))
+
+
+def runs_as_one_piece(q: Tensor, k: Tensor) -> bool:
+    """Whether the policy for q's device asks for the fewest launches (a GPU's) and makes one query block and one
+    chunk of all the (batch, head) slices. A CPU keeps the chunked version even then (kernel_policy.py says why)."""
+    policy = policy_for(q.device)
+    slices = math.prod(q.shape[:-2])
+    return (policy.fewest_launches and policy.query_blocks == 1
+            and len(chunks(slices, q.shape[-2], k.shape[-2], q.dtype, policy.attention_chunk_bytes)) == 1)
+
+
 def fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal softmax(q k^T / sqrt(d)) v, chunked and with a hand-written backward (see the module docstring)."""
+    """Causal softmax(q k^T / sqrt(d)) v with a hand-written backward (see the module docstring): in chunks
+    (`CausalAttention`), or in one piece where a GPU's policy makes one chunk and one query block
+    (`OneChunkCausalAttention`)."""
+    if runs_as_one_piece(q, k):
+        return OneChunkCausalAttention.apply(q, k, v)
     return CausalAttention.apply(q, k, v)

@@ -10,7 +10,8 @@ What size is right depends on the hardware:
 - On a GPU, every tensor operation is a kernel launch (a few microseconds of host time, during which a fast GPU
   may sit idle), the device has tens of GB of memory and no page faults, and the work of one operation is spread
   over thousands of cores. CPU-sized chunks would turn one attention layer of the course model at batch 128 into
-  hundreds of launches of tiny kernels. One chunk, as large as memory comfortably allows, is right there.
+  hundreds of launches of tiny kernels. One chunk, as large as memory comfortably allows, is right there, and it
+  runs as one piece: versions of the two functions written for the fewest launches (`fewest_launches`).
 
 `policy_for(device)` picks the policy from the device of the inputs; `use_policy` overrides the choice for the
 whole process, to measure or test one policy on another device:
@@ -38,6 +39,9 @@ class KernelPolicy:
     attention_chunk_bytes: int  # the scores of one chunk of (batch, head) slices take about this many bytes
     query_blocks: int  # query rows are cut into this many blocks; the early ones skip the keys they may not see
     loss_chunk_elements: int  # cross-entropy takes rows of logits in chunks of about this many values
+    # Where the whole input is one chunk (and one query block), run the one-piece versions written for the fewest
+    # operations (fused torch.softmax and log_softmax kernels, no columns of ones) instead of the chunked ones.
+    fewest_launches: bool = False
 
 
 # Measured on a 2-core CPU with AMX (benchmarks/lm_benchmark.py): 2 MB of scores per chunk stays in cache and is
@@ -45,6 +49,10 @@ class KernelPolicy:
 # cost more operations); 2^20 logits (4 MB in float32) per cross-entropy chunk.
 CPU_POLICY = KernelPolicy(attention_chunk_bytes=2 * 2**20, query_blocks=2, loss_chunk_elements=2**20)
 
+# The CPU keeps the chunked versions even when everything fits in one chunk: they are tuned for its caches and they
+# use exp2, avoiding the slow path of float32 exp (activations.exp_shifted), which torch.softmax takes too: on
+# 64 x 256 x 256 causally masked scores it ran 26 ms here against 12 ms unmasked.
+#
 # A GPU wants few, large operations. A chunk only has to be large enough that the launch (~5 µs) is small next to
 # the work: 1 GiB of scores takes ~0.3 ms just to write at 3 TB/s, so larger chunks would gain nothing and
 # would only risk running out of memory. At 1 GiB the course model at batch 128 (2,048 (batch, head) slices of
@@ -52,8 +60,13 @@ CPU_POLICY = KernelPolicy(attention_chunk_bytes=2 * 2**20, query_blocks=2, loss_
 # 800 MiB); a 16K context is cut into a few dozen chunks instead of failing. The backward pass holds two such
 # buffers at once, 2 GiB at most, which fits beside the model on any GPU that can train it. One query block:
 # a second one would save a quarter of the score FLOPs but double the launches, and the products are cheap
-# next to the rest of a step on a GPU. 2^28 logits (1 GiB in float32) per cross-entropy chunk: one or two.
-CUDA_POLICY = KernelPolicy(attention_chunk_bytes=2**30, query_blocks=1, loss_chunk_elements=2**28)
+# next to the rest of a step on a GPU. 2^30 logits (4 GiB in float32) per cross-entropy chunk: the one-piece
+# cross-entropy's only temporary is its log-probabilities, as large as the logits themselves (1.3 GB for the course
+# model at batch 128, 1.6 GB for GPT-2 XL at batch 8), so only larger inputs are cut. With `fewest_launches`, one
+# chunk runs as one piece: in the model a layer's attention takes 4 launches forward and 10 backward, the loss 3
+# and 4, where the chunked versions take 12, 18, 9 and 6 even in one chunk.
+CUDA_POLICY = KernelPolicy(attention_chunk_bytes=2**30, query_blocks=1, loss_chunk_elements=2**30,
+                           fewest_launches=True)
 
 POLICIES = {"cpu": CPU_POLICY, "cuda": CUDA_POLICY}
 

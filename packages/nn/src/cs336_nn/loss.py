@@ -4,7 +4,8 @@
 
 Written with logsumexp instead of log(softmax(...)): the exp and the log cancel, and subtracting the maximum
 first keeps exp() finite, so the loss is stable even for logits in the thousands. Logits are upcast to (at least)
-float32.
+float32. On a GPU the same computation runs as one piece, with torch's log_softmax kernel doing the max, exp, sum
+and log of each row at once (`_OneChunkCrossEntropy`).
 """
 
 import math
@@ -17,8 +18,8 @@ from cs336_nn.kernel_policy import part, policy_for
 
 # Rows are processed in chunks of about `loss_chunk_elements` logits (kernel_policy.py). On a CPU, 2^20 (4 MB in
 # float32): each chunk's temporaries stay in cache and are reused by the allocator, where one (positions, vocab)
-# temporary would be fresh memory, with its page faults, on every step. On a GPU, where each chunk costs kernel
-# launches, 2^28 (1 GiB): one or two chunks.
+# temporary would be fresh memory, with its page faults, on every step. On a GPU, where each operation is a kernel
+# launch, 2^30: one chunk, which runs as one piece (`_OneChunkCrossEntropy`).
 
 
 def _row_chunks(rows: int, row_length: int, chunk_elements: int) -> list[slice]:
@@ -61,13 +62,55 @@ class _CrossEntropy(torch.autograd.Function):
         return grad_logits.view(ctx.logits_shape), None
 
 
+class _OneChunkCrossEntropy(torch.autograd.Function):
+    """The same per-position losses and gradient when all the logits are one chunk and the policy asks for the
+    fewest launches (a GPU's).
+
+    The chunked version takes nine launches forward (max, subtract, scale by log2 e, exp2, sum, log, add, gather,
+    subtract) and six backward, most of them a pass over the (positions, vocab) logits, the largest tensor of the
+    step. Here torch's fused softmax kernels do the row-wise part in one kernel each:
+
+        forward:   loss = -log_softmax(logits)[target]                     three launches: log_softmax, gather, neg
+        backward:  d loss / d logits = (softmax(logits) - one_hot(target)) * dloss    softmax, mul, neg, scatter_add
+
+    As in the chunked version only the logits are kept for the backward pass, where the probabilities are
+    recomputed; the log-probabilities exist only during the forward pass, as one temporary the size of the logits.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        flat = logits.reshape(-1, logits.shape[-1])  # (positions, vocab)
+        flat_targets = targets.reshape(-1, 1)  # (positions, 1)
+        losses = torch.log_softmax(flat, dim=-1).gather(-1, flat_targets).neg_()  # (positions, 1)
+        ctx.save_for_backward(flat, flat_targets)
+        ctx.logits_shape = logits.shape
+        return losses.view(targets.shape)
+
+    @staticmethod
+    def backward(ctx, grad_losses: Tensor):
+        flat, flat_targets = ctx.saved_tensors
+        grad_losses = grad_losses.reshape(-1, 1)
+        grad_logits = torch.softmax(flat, dim=-1).mul_(grad_losses)  # softmax(logits) * dloss
+        grad_logits.scatter_add_(-1, flat_targets, -grad_losses)  # - one_hot(target) * dloss
+        return grad_logits.view(ctx.logits_shape), None
+
+
+def _losses(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-position losses: in chunks, or in one piece where a GPU's policy makes one chunk of all the logits."""
+    policy = policy_for(logits.device)
+    positions = math.prod(logits.shape[:-1])
+    if policy.fewest_launches and len(_row_chunks(positions, logits.shape[-1], policy.loss_chunk_elements)) <= 1:
+        return _OneChunkCrossEntropy.apply(logits, targets)
+    return _CrossEntropy.apply(logits, targets)
+
+
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int | None = None) -> Tensor:
     """logits (..., vocab), targets (...) -> mean loss over all positions (except `ignore_index` targets)."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bfloat16 -> float32; float64 stays
     if ignore_index is None:
-        return _CrossEntropy.apply(logits, targets).mean()
+        return _losses(logits, targets).mean()
     keep = targets != ignore_index
-    losses = _CrossEntropy.apply(logits, torch.where(keep, targets, torch.zeros_like(targets)))
+    losses = _losses(logits, torch.where(keep, targets, torch.zeros_like(targets)))
     return (losses * keep).sum() / keep.sum().clamp_min(1)
 
 
