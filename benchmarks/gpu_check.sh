@@ -70,14 +70,14 @@ $RUN python - "$OUT/course_slice" "$CONFIG" <<'PYTHON' | tee "$OUT/projection.tx
 compilation), applied to the course config's full budget of steps x batch x context tokens."""
 import json
 import sys
+import tomllib
 from pathlib import Path
 
-from cs336_train.config import TrainConfig
 from cs336_train.config_files import resolve_config
 
 run_dir, config_name = Path(sys.argv[1]), sys.argv[2]
-config = TrainConfig.from_toml(resolve_config(config_name))
-budget = config.run.steps * config.run.batch_size * config.model.context_length
+config = tomllib.loads(resolve_config(config_name).read_text())  # the full run, as the config file defines it
+budget = config["run"]["steps"] * config["run"]["batch_size"] * config["model"]["context_length"]
 train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 train = [record for record in train if record["kind"] == "train"]
 steady = train[len(train) // 2:]  # the second half: compilation and warm-up are behind
