@@ -2,12 +2,19 @@
 
 The file is never read whole: it is cut into chunks at special tokens (see `chunking`), each worker process
 reads and counts its own chunks, and only the counts (one entry per distinct pre-token) travel back.
+
+Memory grows with the number of distinct pre-tokens, not with the file, but on web text that number keeps
+growing (names, numbers, typos, URLs ...). `max_pretokens` caps it: whenever the running counts hold more
+distinct pre-tokens than that, the rarest are dropped (`drop_rarest`). They are the ones that matter least
+to BPE, whose merges are decided by the most frequent pairs; BENCHMARKS.md measures what a cap changes.
 """
 
 import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable
+
+import numpy as np
 
 from cs336_bpe.chunking import chunk_spans, read_span
 from cs336_bpe.pretokenize import count_pretokens, special_tokens_pattern
@@ -28,26 +35,51 @@ def _count_span(job: tuple[str, int, int, list[str]]) -> Counter[str]:
     return count_pretokens(read_span(path, start, end), special_tokens_pattern(special_tokens))
 
 
+def drop_rarest(counts: Counter[str], max_pretokens: int) -> None:
+    """Keep at most `max_pretokens` entries of `counts`, in place: drop every entry whose count is at or below
+    the (max_pretokens + 1)-th largest count. Ties go all together, so the result does not depend on the
+    order of the entries, at the price of sometimes keeping fewer than `max_pretokens`.
+
+    >>> counts = Counter({"the": 9, "cat": 2, "sat": 2, "zyx": 1})
+    >>> drop_rarest(counts, 2); counts
+    Counter({'the': 9})
+    """
+    if len(counts) <= max_pretokens:
+        return
+    values = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+    threshold = int(np.partition(values, len(values) - max_pretokens - 1)[len(values) - max_pretokens - 1])
+    for pretoken in [pretoken for pretoken, count in counts.items() if count <= threshold]:
+        del counts[pretoken]
+
+
 def count_file_pretokens(
     path: str | os.PathLike,
     special_tokens: list[str],
     num_workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    max_pretokens: int | None = None,
 ) -> Counter[str]:
-    """Pre-token counts of the whole file; `on_progress(bytes_done)` is called after each chunk."""
+    """Pre-token counts of the whole file; `on_progress(bytes_done)` is called after each chunk.
+
+    With `max_pretokens`, the counts are cut back to at most that many distinct pre-tokens (`drop_rarest`)
+    after each chunk that pushes them over it."""
     path = os.fspath(path)
     file_size = os.path.getsize(path)
     num_workers = num_workers or default_num_workers()
     if file_size < PARALLEL_MIN_BYTES:
         num_workers = 1
-    # About four chunks per worker keeps both workers busy until the end.
-    chunk_bytes = min(MAX_CHUNK_BYTES, -(-file_size // (4 * num_workers)))  # rounded up: 4 chunks, not 5
+    # About four chunks per worker keeps both workers busy until the end. With a cap, what is dropped depends
+    # on where chunks end, so the chunks must not depend on the number of workers: eight, as with two workers.
+    chunks_wanted = 8 if max_pretokens is not None else 4 * num_workers
+    chunk_bytes = min(MAX_CHUNK_BYTES, -(-file_size // chunks_wanted))  # rounded up: not one chunk too many
     jobs = [(path, start, end, special_tokens) for start, end in chunk_spans(path, chunk_bytes, special_tokens)]
 
     totals: Counter[str] = Counter()
 
     def add(job, counts):
         totals.update(counts)
+        if max_pretokens is not None:
+            drop_rarest(totals, max_pretokens)
         if on_progress is not None:
             on_progress(job[2] - job[1])
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from cs336_bpe.chunking import check_text_file
 from cs336_bpe.counting import count_file_pretokens
 from cs336_bpe.errors import BPEInputError
-from cs336_bpe.merging import learn_merges
+from cs336_bpe.merging import PretokenTable, learn_merges
 
 Vocab = dict[int, bytes]
 Merges = list[tuple[bytes, bytes]]
@@ -46,6 +46,7 @@ def train_bpe(
     special_tokens: list[str] | None = None,
     num_workers: int | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    max_pretokens: int | None = None,
 ) -> tuple[Vocab, Merges]:
     """Train byte-level BPE on a UTF-8 text file.
 
@@ -56,6 +57,9 @@ def train_bpe(
         num_workers: processes for pre-tokenization; default: the cores available.
         on_progress: optional ``callback(stage, done, total)`` with stage "pretokenize" (bytes) or
             "merge" (merges), for progress bars.
+        max_pretokens: keep at most this many distinct pre-tokens, dropping the rarest (see `counting`).
+            Memory grows with distinct pre-tokens (BENCHMARKS.md gives the bytes per pre-token): this bounds
+            it on web-sized text. None (the default) keeps them all, which is exact.
 
     Returns:
         vocab: id -> bytes, ids 0..vocab_size-1 (see the module docstring for the layout).
@@ -68,6 +72,8 @@ def train_bpe(
             f"vocab_size {vocab_size!r} is too small: it must be at least 256 (bytes) + "
             f"{len(special_tokens)} (special tokens) = {minimum}"
         )
+    if max_pretokens is not None and (not isinstance(max_pretokens, int) or max_pretokens < 1):
+        raise BPEInputError(f"max_pretokens {max_pretokens!r} must be a positive integer, or None for no cap")
     file_size = check_text_file(input_path)
 
     pretoken_progress = None
@@ -79,16 +85,15 @@ def train_bpe(
             done += chunk_bytes
             on_progress("pretokenize", done, file_size)
 
-    pretoken_counts = count_file_pretokens(input_path, special_tokens, num_workers, pretoken_progress)
+    pretoken_counts = count_file_pretokens(input_path, special_tokens, num_workers, pretoken_progress,
+                                           max_pretokens)
 
     vocab = initial_vocab(special_tokens)
-    byte_offset = len(special_tokens)
-    # Byte b has id byte_offset + b (the special tokens come first).
-    word_counts = {
-        tuple(byte + byte_offset for byte in pretoken.encode("utf-8")): count
-        for pretoken, count in pretoken_counts.items()
-    }
+    # Byte b has id len(special_tokens) + b (the special tokens come first). The arrays take a few bytes per
+    # token; the counts' dictionary of strings, 100+ bytes per distinct pre-token, is dropped here.
+    table = PretokenTable.from_pretoken_counts(pretoken_counts, byte_offset=len(special_tokens))
+    del pretoken_counts
     num_merges = vocab_size - len(vocab)
     merge_progress = None if on_progress is None else (lambda done: on_progress("merge", done, num_merges))
-    merges = learn_merges(word_counts, vocab, num_merges, merge_progress)
+    merges = learn_merges(table, vocab, num_merges, merge_progress)
     return vocab, merges
