@@ -1,4 +1,5 @@
-"""cs336_nn components against the torch built-ins they replace: forward and gradients, on fresh random inputs."""
+"""cs336_nn components against the torch built-ins they replace and against the plain versions of
+cs336_nn.reference: forward and gradients, on fresh random inputs."""
 
 import math
 
@@ -7,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import cs336_nn as nn_
+from cs336_nn import reference
 from tests import adapters
-from tests.nn_reference import reference_attention, reference_rope
 
 torch.manual_seed(0)
 ATOL, RTOL = 1e-5, 1e-4
@@ -116,12 +117,16 @@ def test_scaled_dot_product_attention_matches_builtin(batch_shape):
     assert_close(nn_.scaled_dot_product_attention(Q, K, V), F.scaled_dot_product_attention(Q, K, V))
 
 
-def test_rope_matches_complex_reference_and_any_batch_shape():
+def test_rope_matches_the_reference_for_any_batch_shape_and_gradients():
     rope = nn_.RotaryPositionalEmbedding(10_000.0, 16, 64)
     x = torch.randn(2, 3, 12, 16)
     positions = torch.randint(0, 64, (2, 3, 12))
-    assert_close(rope(x, positions), reference_rope(x, positions, 10_000.0))
-    assert_close(rope(x, torch.arange(12)), reference_rope(x, torch.arange(12), 10_000.0))
+    assert_close(rope(x, positions), reference.rope(x, positions, 10_000.0))
+    assert_close(rope(x, torch.arange(12)), reference.rope(x, torch.arange(12), 10_000.0))
+    assert_close(adapters.run_rope(16, 10_000.0, 64, x, positions), reference.rope(x, positions, 10_000.0))
+    _, (ours,) = grads(lambda t: rope(t, positions), x)
+    _, (expected,) = grads(lambda t: reference.rope(t, positions, 10_000.0), x)
+    assert_close(ours, expected)
     assert not rope.state_dict()  # cos/sin are non-persistent buffers
 
 
@@ -139,7 +144,7 @@ def test_rope_dot_products_depend_only_on_offset():
 
 
 @pytest.mark.parametrize("use_rope", [False, True])
-def test_multihead_self_attention_matches_builtin_reference(use_rope):
+def test_multihead_self_attention_matches_the_reference(use_rope):
     d_model, heads = 32, 4
     weights = {name: torch.randn(d_model, d_model) / math.sqrt(d_model)
                for name in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "output_proj.weight")}
@@ -148,10 +153,10 @@ def test_multihead_self_attention_matches_builtin_reference(use_rope):
         positions = torch.arange(10).expand(2, 10) + 3
         ours = adapters.run_multihead_self_attention_with_rope(d_model, heads, 32, 10_000.0, *weights.values(), x,
                                                                 positions)
-        expected = reference_attention(x, weights, "", heads, 10_000.0, positions)
+        expected = reference.multihead_self_attention(x, weights, heads, 10_000.0, positions)
     else:
         ours = adapters.run_multihead_self_attention(d_model, heads, *weights.values(), x)
-        expected = reference_attention(x, weights, "", heads, None)
+        expected = reference.multihead_self_attention(x, weights, heads)
     assert_close(ours, expected)
 
 

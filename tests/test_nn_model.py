@@ -1,4 +1,5 @@
-"""The whole TransformerLM: against an independent built-in reference, causality, variants, config, rules."""
+"""The whole TransformerLM: against the plain cs336_nn.reference model, with every implementation of its parts,
+causality, variants, config, rules."""
 
 import ast
 import dataclasses
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 import cs336_nn as nn_
+from cs336_nn import reference
 from tests import adapters
-from tests.nn_reference import reference_block, reference_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=97, context_length=32, d_model=32, num_layers=2, num_heads=4, d_ff=48)
@@ -21,22 +22,23 @@ def random_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: torch.randn(t.shape, generator=generator) * 0.3 for name, t in model.state_dict().items()}
 
 
-def test_transformer_lm_matches_builtin_reference_including_short_inputs():
+def test_transformer_lm_matches_the_reference_including_short_inputs():
     config = nn_.ModelConfig(**SMALL)
     weights = random_weights(nn_.TransformerLM(config))
     for length in (32, 11):  # the full context and a shorter input
         ids = torch.randint(0, 97, (3, length))
         ours = adapters.run_transformer_lm(97, 32, 32, 2, 4, 48, 10_000.0, weights, ids)
-        expected = reference_lm(ids, weights, num_layers=2, num_heads=4, theta=10_000.0)
+        expected = reference.transformer_lm(ids, weights, num_layers=2, num_heads=4, theta=10_000.0)
         torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_transformer_block_matches_builtin_reference():
+def test_transformer_block_matches_the_reference():
     config = nn_.ModelConfig(**SMALL)
     block_weights = random_weights(nn_.TransformerBlock(config, nn_.RotaryPositionalEmbedding(1e4, 8, 32)))
     x = torch.randn(2, 12, 32)
     ours = adapters.run_transformer_block(32, 4, 48, 32, 10_000.0, block_weights, x)
-    torch.testing.assert_close(ours, reference_block(x, block_weights, "", 4, 10_000.0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours, reference.transformer_block(x, block_weights, 4, 10_000.0), atol=1e-4,
+                               rtol=1e-4)
 
 
 def test_state_dict_keys_are_the_course_names():
@@ -59,7 +61,8 @@ def test_changing_future_tokens_never_changes_earlier_logits():
 
 VARIANTS = [{}, {"norm": "layernorm"}, {"norm": "none"}, {"norm_position": "post"}, {"positions": "nope"},
             {"positions": "sinusoidal"}, {"positions": "learned"}, {"ffn": "silu"}, {"ffn": "relu"},
-            {"tie_embeddings": True}, {"norm_impl": "torch", "attention_impl": "torch"}]
+            {"tie_embeddings": True}, {"norm_impl": "torch", "attention_impl": "torch", "ffn_impl": "torch"},
+            {"norm_impl": "reference", "attention_impl": "reference", "ffn_impl": "reference"}]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default")
@@ -80,14 +83,49 @@ def test_each_variant_overfits_one_batch(variant):
     assert loss.item() < 0.05, f"{variant}: loss {loss.item():.3f} after 150 steps"
 
 
-def test_torch_implementations_match_scratch():
-    config = nn_.ModelConfig(**SMALL)
-    scratch = nn_.TransformerLM(config)
-    builtin = nn_.TransformerLM(dataclasses.replace(config, norm_impl="torch", attention_impl="torch"))
-    builtin.load_state_dict(scratch.state_dict())
+@pytest.mark.parametrize("impl", ["scratch", "torch"])
+@pytest.mark.parametrize("architecture", [{}, {"norm": "layernorm", "ffn": "silu", "d_ff": 0}, {"ffn": "relu",
+                                                                                                "d_ff": 0}])
+def test_every_implementation_gives_the_reference_models_loss_and_gradients(impl, architecture):
+    config = nn_.ModelConfig(**{**SMALL, **architecture})
+    impls = ("norm_impl", "attention_impl", "ffn_impl")
+    plain = nn_.TransformerLM(dataclasses.replace(config, **dict.fromkeys(impls, "reference")))
+    model = nn_.TransformerLM(dataclasses.replace(config, **dict.fromkeys(impls, impl)))
+    model.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 97, (2, 17))
+    losses, gradients = [], []
+    for lm, loss_impl in ((plain, "reference"), (model, impl)):
+        loss = nn_.loss_function(loss_impl)(lm(ids[:, :-1]), ids[:, 1:])
+        losses.append(loss)
+        gradients.append(torch.autograd.grad(loss, list(lm.parameters())))
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    for ours, expected in zip(*gradients, strict=True):
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_reference_model_is_the_reference_function_on_the_same_weights():
+    config = nn_.ModelConfig(**SMALL, norm_impl="reference", attention_impl="reference", ffn_impl="reference")
+    model = nn_.TransformerLM(config)
     ids = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(builtin(ids), scratch(ids), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(ids), reference.transformer_lm(ids, model.state_dict(), 2, 4))
+
+
+def test_implementation_choices_build_what_they_name():
+    from cs336_nn import builtin
+
+    config = nn_.ModelConfig(**SMALL)
+    layer = nn_.TransformerLM(dataclasses.replace(config, norm_impl="reference", ffn_impl="torch")).layers[0]
+    assert type(layer.ln1) is reference.ReferenceRMSNorm and type(layer.ffn) is builtin.TorchSwiGLU
+    assert nn_.TransformerLM(config).layers[0].attn.causal_attention_fn is nn_.causal_attention
+    assert nn_.loss_function("reference") is reference.cross_entropy and nn_.loss_function() is nn_.cross_entropy
+    with pytest.raises(ValueError, match="loss impl 'jax' is not one of reference, scratch, torch"):
+        nn_.loss_function("jax")
+    with pytest.raises(ValueError, match="ffn_impl = 'fast' is not one of reference, scratch, torch"):
+        nn_.ModelConfig(**SMALL, ffn_impl="fast")
+    # A config saved before ffn_impl existed loads with today's behaviour.
+    saved = {key: value for key, value in config.to_dict().items() if key != "ffn_impl"}
+    assert nn_.ModelConfig.from_dict(saved).ffn_impl == "scratch"
 
 
 def test_tied_embeddings_share_one_tensor():

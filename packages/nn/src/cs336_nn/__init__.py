@@ -30,7 +30,8 @@ from cs336_nn.accounting import (
 from cs336_nn.activations import relu, silu, softmax
 from cs336_nn.attention import MultiHeadSelfAttention, causal_attention, causal_mask, scaled_dot_product_attention
 from cs336_nn.block import TransformerBlock
-from cs336_nn.config import ModelConfig
+from cs336_nn.components import loss_function
+from cs336_nn.config import IMPLEMENTATIONS, ModelConfig
 from cs336_nn.embedding import Embedding
 from cs336_nn.feedforward import MLP, SwiGLU, default_swiglu_d_ff
 from cs336_nn.kernel_policy import CPU_POLICY, CUDA_POLICY, KernelPolicy, policy_for, use_policy
@@ -48,9 +49,10 @@ __all__ = [
     "parameter_count",
     "training_step_flops", "training_time_s",
     "CPU_POLICY", "CUDA_POLICY", "KernelPolicy", "policy_for", "use_policy",
-    "KVCache", "LayerKVCache", "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig",
+    "IMPLEMENTATIONS", "KVCache", "LayerKVCache", "MLP", "Embedding", "LayerNorm", "Linear", "ModelConfig",
     "MultiHeadSelfAttention", "RMSNorm",
     "RotaryPositionalEmbedding", "SwiGLU", "TransformerBlock", "TransformerLM", "causal_attention", "causal_mask",
-    "cross_entropy", "default_swiglu_d_ff", "perplexity", "relu", "scaled_dot_product_attention", "silu", "softmax",
+    "cross_entropy", "default_swiglu_d_ff", "loss_function", "perplexity", "relu", "scaled_dot_product_attention",
+    "silu", "softmax",
 ]
 __version__ = "0.1.0"

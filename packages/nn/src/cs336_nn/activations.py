@@ -1,4 +1,8 @@
-"""Element-wise and normalising functions: `silu`, `silu_gate`, `softmax` (handout §3.4.2, §3.5.4).
+"""Element-wise and normalising functions: `silu`, `silu_gate`, `softmax` (handout §3.4.2, §3.4.4).
+
+Plain versions: `reference.silu`, `reference.swiglu`'s silu(a)·b and `reference.softmax`. `silu_gate` and
+`softmax` here write their backward passes out and work in place, so autograd keeps fewer activation-sized
+tensors; and exp becomes exp2, which has no slow path on a CPU (`exp_shifted`).
 
     silu(x) = x * sigmoid(x)
     softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x)

@@ -1,4 +1,8 @@
-"""Scaled dot-product attention and causal multi-head self-attention (handout §3.5.4, §3.5.5).
+"""Scaled dot-product attention and causal multi-head self-attention (handout §3.4.4, §3.4.5).
+
+Plain versions: `reference.scaled_dot_product_attention`, `reference.causal_attention` and
+`reference.multihead_self_attention`. Here the model's causal attention is `fused_attention`'s (the score matrix a
+chunk at a time, nothing of it kept for the backward pass), and one matrix product makes Q, K and V together.
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V
 

@@ -1,5 +1,8 @@
 """`TransformerBlock` (handout §3.4, Figure 2): attention then feed-forward, each in a residual branch.
 
+Plain version: `reference.transformer_block`, the handout's block as a function of a state dict. This module
+holds the parameters and builds its parts from a `ModelConfig` (the ablations' variants, the `*_impl` choices).
+
 Pre-norm (the default):  x = x + attn(norm1(x));  x = x + ffn(norm2(x))
 Post-norm (original):    x = norm1(x + attn(x));  x = norm2(x + ffn(x))
 

@@ -7,6 +7,7 @@ name. Each function or class here has the same interface as the from-scratch one
 import torch.nn.functional as F
 from torch import Tensor
 
+from cs336_nn.feedforward import SwiGLU
 from cs336_nn.rmsnorm import LayerNorm, RMSNorm
 
 
@@ -29,6 +30,21 @@ class TorchRMSNorm(RMSNorm):
 class TorchLayerNorm(LayerNorm):
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+class TorchSwiGLU(SwiGLU):
+    """Our SwiGLU's parameters, with F.linear and F.silu doing the work."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.silu(F.linear(x, self.w1.weight)) * F.linear(x, self.w3.weight), self.w2.weight)
+
+
+def torch_silu(x: Tensor) -> Tensor:
+    return F.silu(x)
+
+
+def torch_relu(x: Tensor) -> Tensor:
+    return F.relu(x)
 
 
 def torch_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int | None = None) -> Tensor:

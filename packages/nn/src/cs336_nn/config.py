@@ -1,8 +1,9 @@
 """`ModelConfig`: every architectural choice of the Transformer LM in one dataclass.
 
 The defaults are the assignment's architecture (pre-norm RMSNorm, RoPE, SwiGLU, untied embeddings). The other
-values exist for the handout's ablations. Each `*_impl` field picks, per component, our from-scratch code
-("scratch") or the torch built-in it replaces ("torch"), to compare outputs and speed one part at a time.
+values exist for the handout's ablations. Each `*_impl` field picks, per component, the plain version of
+reference.py ("reference"), our fast from-scratch code ("scratch", the default) or the torch built-in it replaces
+("torch"), to compare outputs and speed one part at a time (`cs336-train compare CONFIG` does it for you).
 
 `d_ff` unset (or 0) means the parameter-matched size for the chosen `ffn` (`default_d_ff`):
 
@@ -22,13 +23,15 @@ from pathlib import Path
 
 from cs336_nn.feedforward import default_swiglu_d_ff
 
+IMPLEMENTATIONS = ("reference", "scratch", "torch")
 CHOICES = {
     "norm": ("rmsnorm", "layernorm", "none"),
     "norm_position": ("pre", "post"),
     "positions": ("rope", "nope", "sinusoidal", "learned"),
     "ffn": ("swiglu", "silu", "relu"),
-    "norm_impl": ("scratch", "torch"),
-    "attention_impl": ("scratch", "torch"),
+    "norm_impl": IMPLEMENTATIONS,
+    "attention_impl": IMPLEMENTATIONS,
+    "ffn_impl": IMPLEMENTATIONS,
 }
 GATED_FFNS = ("swiglu",)
 
@@ -59,6 +62,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     norm_impl: str = "scratch"
     attention_impl: str = "scratch"
+    ffn_impl: str = "scratch"  # the FFN's activation and gate; its matrix products are the same in all three
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():

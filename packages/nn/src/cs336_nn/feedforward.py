@@ -1,5 +1,9 @@
 """Position-wise feed-forward networks (handout §3.4.2).
 
+Plain version: `reference.swiglu`. `SwiGLU` here computes silu(W1 x) ⊙ W3 x as one function with a hand-written
+backward pass (`activations.silu_gate`), which keeps two (..., d_ff) tensors for the backward pass where autograd
+keeps four and allocates a new one for each of its products.
+
 - `SwiGLU` (the default): W2 (silu(W1 x) * W3 x). The gate W3 x lets the network scale each hidden unit;
   with three matrices instead of two, d_ff ~ 8/3 d_model keeps the parameter count of a 4 d_model MLP.
 - `MLP` with `silu` or `relu`: W2 act(W1 x), d_ff = 4 d_model, for the ablations.

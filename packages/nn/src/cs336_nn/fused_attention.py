@@ -1,6 +1,6 @@
 """Causal attention as one autograd function that holds the (batch, heads, seq, seq) scores a chunk at a time.
 
-The textbook version (`attention.scaled_dot_product_attention`) builds the full score matrix, masks it into a
+Plain version: `reference.causal_attention`. That textbook version builds the full score matrix, masks it into a
 second one, softmaxes it into a third, and autograd keeps the probabilities for the backward pass, which then
 builds three more matrices of the same size. Those are by far the largest tensors in the model (batch x heads x
 seq x seq), and on a CPU every fresh one also costs page faults. This function computes the same thing one

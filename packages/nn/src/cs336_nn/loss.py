@@ -1,5 +1,9 @@
 """Cross-entropy and perplexity (handout §4.1).
 
+Plain version: `reference.cross_entropy`. This one writes the gradient out (softmax - one-hot) and goes through
+the logits in cache-sized chunks, so that no (positions, vocab) temporary but the gradient itself is made; and it
+uses exp2, which has no slow path on a CPU.
+
     loss = -log softmax(logits)[target] = logsumexp(logits) - logits[target]
 
 Written with logsumexp instead of log(softmax(...)): the exp and the log cancel, and subtracting the maximum

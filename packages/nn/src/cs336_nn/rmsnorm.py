@@ -1,5 +1,9 @@
 """`RMSNorm` (handout §3.4.1): x / sqrt(mean(x^2) + eps) * g, over the last dimension.
 
+Plain version: `reference.rmsnorm`. This one writes the backward pass out (below) and reads x once for the sum of
+squares: autograd's chain of square, mean, sqrt, division and product allocates an (..., d_model) tensor at
+every step.
+
 Unlike LayerNorm it neither subtracts the mean nor adds a bias: cheaper, and works as well in practice. The
 sum of squares is computed in float32 even for bf16 inputs (squares overflow and lose precision in half
 precision); the result is cast back to the input's dtype. Shape: (..., d_model) -> (..., d_model).

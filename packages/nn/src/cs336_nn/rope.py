@@ -1,5 +1,8 @@
 """Rotary positional embedding, RoPE (handout §3.4.3).
 
+Plain version: `reference.rope`. This one computes cos and sin once for every position (not at every call) and
+rotates with three tensor operations where the plain version's split into pairs and stack takes seven (below).
+
 Each pair of coordinates (x[2k], x[2k+1]) of a query or key at position i is rotated by the angle
 i / theta^(2k / d_k). Rotating both queries and keys makes q_i . k_j depend only on the offset i - j (a
 rotation by a and one by b leave a dot product that depends on a - b): relative positions, no parameters.

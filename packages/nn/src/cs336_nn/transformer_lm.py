@@ -1,4 +1,7 @@
-"""`TransformerLM` (handout §3.1, Figure 1): token ids -> logits over the next token.
+"""`TransformerLM` (handout §3.1, §3.5, Figure 1): token ids -> logits over the next token.
+
+Plain version: `reference.transformer_lm`, the handout's model as a function of a state dict. This module holds
+the parameters, builds the config's variants, and can recompute activations to save memory (below).
 
     embed -> [+ absolute positions] -> num_layers x TransformerBlock -> final norm -> lm_head
 

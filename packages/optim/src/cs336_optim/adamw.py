@@ -1,16 +1,16 @@
-"""`AdamW` (Loshchilov & Hutter), exactly as the handout's Algorithm 1 (§4.3):
+"""`AdamW` (handout §4.3, Algorithm 1), fast: the plain version is `reference.AdamW`, one parameter at a time;
+this one updates all parameters of a group at once with torch's `_foreach_*` operations, a handful of
+multi-tensor kernels per step instead of a Python loop of small kernels for every parameter.
 
+    α_t ← α · sqrt(1 - β2^t) / (1 - β1^t)   bias correction (m and v start at 0)
+    θ ← θ - α λ θ                           decoupled weight decay: not part of the gradient, so not rescaled
     m ← β1 m + (1 - β1) g                   first moment: a running mean of the gradient
     v ← β2 v + (1 - β2) g²                  second moment: a running mean of its square
-    α_t ← α · sqrt(1 - β2^t) / (1 - β1^t)   bias correction (m and v start at 0)
     θ ← θ - α_t · m / (sqrt(v) + ε)         each coordinate's step is scaled by its own gradient size
-    θ ← θ - α λ θ                           decoupled weight decay: not part of the gradient, so not rescaled
 
 Why "decoupled": adding λθ to the gradient (L2 regularisation, as in Adam) would divide the decay by sqrt(v),
-shrinking it for parameters with large gradients. AdamW decays every weight at the same rate α λ.
-
-Each update runs on all parameters of a group at once with torch's `_foreach_*` operations: a handful of
-kernels per step instead of a Python loop over parameters.
+shrinking it for parameters with large gradients. AdamW decays every weight at the same rate α λ. (ε is added to
+sqrt(v), as in Kingma & Ba's form with α_t; the handout typesets sqrt(v + ε): see reference.AdamW.)
 
 The learning rate may be a number or a 0-dim tensor on the parameters' device. A trainer on a GPU keeps it there
 so that no step waits for the host, and multiplies it by 0 to skip a step whose gradients are not finite: with
@@ -73,6 +73,8 @@ class AdamW(torch.optim.Optimizer):
             first_moments = [state["m"] for state in states]
             second_moments = [state["v"] for state in states]
 
+            if weight_decay:  # θ ← θ - α λ θ, before the Adam step, as in Algorithm 1
+                torch._foreach_mul_(parameters, 1 - lr * weight_decay)
             torch._foreach_lerp_(first_moments, gradients, 1 - beta1)  # m = β1 m + (1 - β1) g
             torch._foreach_mul_(second_moments, beta2)
             torch._foreach_addcmul_(second_moments, gradients, gradients, value=1 - beta2)  # v += (1 - β2) g²
@@ -88,8 +90,6 @@ class AdamW(torch.optim.Optimizer):
                 torch._foreach_div_(denominators, divisors[0] if len(step_sizes) == 1 else divisors)
                 torch._foreach_addcdiv_([parameters[i] for i in batch], [first_moments[i] for i in batch],
                                         denominators)  # θ -= α_t m / (sqrt(v) + ε)
-            if weight_decay:
-                torch._foreach_mul_(parameters, 1 - lr * weight_decay)
         return loss
 
 

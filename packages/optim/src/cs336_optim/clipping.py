@@ -1,4 +1,6 @@
-"""Global-norm gradient clipping (handout §4.5).
+"""Global-norm gradient clipping (handout §4.5), fast: the plain version is `reference.clip_gradients`, which asks
+`if norm > M` on the host; this one never reads a number back (below), and takes all the norms in one multi-tensor
+operation (`_foreach_norm`) instead of one per gradient.
 
 If the L2 norm of all gradients together exceeds `max_l2_norm`, scale every gradient by
 max_l2_norm / (norm + ε), so the update keeps its direction but not an exploding size. Gradients are changed in

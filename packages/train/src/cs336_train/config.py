@@ -16,17 +16,18 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from cs336_nn import IMPLEMENTATIONS as LOSS_IMPLEMENTATIONS
 from cs336_nn import ModelConfig
+from cs336_optim import IMPLEMENTATIONS as OPTIMIZER_IMPLEMENTATIONS
 from cs336_train.errors import ConfigError
 
 SCHEDULES = ("cosine", "wsd", "constant")
-IMPLEMENTATIONS = ("scratch", "torch")
 PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class OptimizerConfig:
-    impl: str = "scratch"  # our AdamW, or torch's fused one
+    impl: str = "scratch"  # our AdamW; "reference": Algorithm 1, one parameter at a time; "torch": torch's fused one
     lr: float = 3e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
     betas: tuple[float, float] = (0.9, 0.95)
@@ -38,7 +39,7 @@ class OptimizerConfig:
     grad_clip: float = 1.0  # global L2 norm; 0 disables clipping
 
     def validate(self) -> None:
-        _choice("optimizer.impl", self.impl, IMPLEMENTATIONS)
+        _choice("optimizer.impl", self.impl, OPTIMIZER_IMPLEMENTATIONS)
         _choice("optimizer.schedule", self.schedule, SCHEDULES)
         _positive("optimizer.lr", self.lr)
         _in_range("optimizer.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
@@ -73,7 +74,7 @@ class RunConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 slower
     device: str = "auto"  # auto = cuda, then mps, then cpu
     seed: int = 0
-    loss_impl: str = "scratch"  # our cross-entropy, or torch's
+    loss_impl: str = "scratch"  # our cross-entropy; "reference": the plain one; "torch": F.cross_entropy
     log_interval: int = 10  # steps between console/metrics lines
     eval_interval: int = 0  # steps between validations; 0 = only at the end
     checkpoint_interval: int = 0  # steps between checkpoints; 0 = only at the end
@@ -93,7 +94,7 @@ class RunConfig:
         for name in ("eval_interval", "checkpoint_interval", "num_threads", "stats_interval"):
             _non_negative_int(f"run.{name}", getattr(self, name))
         _choice("run.precision", self.precision, PRECISIONS)
-        _choice("run.loss_impl", self.loss_impl, IMPLEMENTATIONS)
+        _choice("run.loss_impl", self.loss_impl, LOSS_IMPLEMENTATIONS)
         _non_negative("run.time_budget_s", self.time_budget_s)
         _non_negative("run.peak_tflops", self.peak_tflops)
         if self.batch_size % self.grad_accum_steps:
