@@ -20,13 +20,15 @@ import numpy as np
 import torch
 
 from cs336_bpe import Tokenizer, encode_file, train_bpe
-from cs336_nn import TransformerLM
+from cs336_nn import TransformerLM, loss_function
 from cs336_optim import make_adamw, parameter_groups
 from cs336_train import TrainConfig, distributed, runtime
 from cs336_train.config_files import resolve_config
 from cs336_train.data import TrainingBatches, open_tokens
-from cs336_train.instruments import DivergenceWatch, ParameterGroups
-from cs336_train.trainer import LOSS_FUNCTIONS, StepContext, _measure_dynamics, _optimizer_step
+from cs336_train.divergence import DivergenceWatch
+from cs336_train.instruments import ParameterGroups
+from cs336_train.optimizer_step import StepContext, measure_dynamics, optimizer_step
+from cs336_train.step_plan import ReadPoints, StepPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CS336_DATA", ROOT.parent / "shared" / "data"))
@@ -52,7 +54,7 @@ def main() -> None:
         model = TransformerLM(config.model)
         optimizer = make_adamw(parameter_groups(model.named_parameters(), 0.1), lr=1e-3)
         groups = ParameterGroups(model.named_parameters())
-        context = StepContext(config, model, optimizer, groups, LOSS_FUNCTIONS["scratch"], distributed.Distributed(),
+        context = StepContext(config, model, optimizer, groups, loss_function("scratch"), distributed.Distributed(),
                               device, DivergenceWatch(device, sum(len(group) for group in groups.parameters)))
         batches = TrainingBatches(open_tokens(scratch / "train.bin", 10_000), config.run.batch_size,
                                   config.model.context_length, np.random.default_rng(0), device)
@@ -60,10 +62,11 @@ def main() -> None:
         for step in range(2 + arguments.steps):
             for measure, times in ((False, plain), (True, measured)):
                 start = time.perf_counter()
-                result = _optimizer_step(context, batches.next_step(), 100 + step, 1e-3, 0.0, measure)
+                plan = StepPlan(100 + step, lr=1e-3, reads=ReadPoints(measures=measure))
+                result = optimizer_step(context, plan, batches.next_step())
                 float(result.loss)  # a plain step is timed to the end of its work, as the trainer's read points do
                 if measure:
-                    _measure_dynamics(context, model, result)
+                    measure_dynamics(context, model, result)
                 if step >= 2:  # the first steps warm caches and allocators
                     times.append(time.perf_counter() - start)
     plain_s, measured_s = statistics.median(plain), statistics.median(measured)

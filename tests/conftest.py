@@ -40,7 +40,7 @@ def data_dir(tmp_path_factory) -> Path:
         return Path(explicit).expanduser()
     if (SHARED / "data").is_dir():
         return SHARED / "data"
-    from cs336_train.bundled_data import tinystories_sample
+    from cs336_train.datasets.bundled import tinystories_sample
     from cs336_train.errors import DataError
 
     try:

@@ -241,7 +241,7 @@ def test_each_pin_matches_the_fixture_in_use(fixtures_dir, name):
 
 
 def test_the_bundled_tinystories_sample_is_the_shared_text(tmp_path):
-    from cs336_train.bundled_data import tinystories_sample
+    from cs336_train.datasets.bundled import tinystories_sample
 
     shared = conftest.SHARED / "data" / "tinystories"
     if not shared.is_dir():

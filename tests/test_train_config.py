@@ -7,7 +7,7 @@ import pytest
 from cs336_train import ConfigError, TrainConfig
 from cs336_train.config import parse_override
 from cs336_train.config_files import CONFIG_DIR
-from cs336_train.trainer import learning_rate
+from cs336_train.schedule import learning_rate
 
 DATA = ["data.train=train.bin", "data.valid=valid.bin"]
 BUNDLED = sorted(CONFIG_DIR.glob("*.toml"))

@@ -1,5 +1,5 @@
-"""cs336_train.download against a local HTTP server that can resume, ignore Range, drop connections and 404,
-and announce (or not, or falsely) the size and SHA-256 of its files the way Hugging Face does."""
+"""cs336_train.datasets.download against a local HTTP server that can resume, ignore Range, drop connections and
+404, and announce (or not, or falsely) the size and SHA-256 of its files the way Hugging Face does."""
 
 import errno
 import gzip
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cs336_train import download
 from cs336_train.cli import main
-from cs336_train.download import DATASETS, DownloadError, decompress_gzip, download_dataset, download_file
+from cs336_train.datasets import download
+from cs336_train.datasets.download import DATASETS, DownloadError, decompress_gzip, download_dataset, download_file
 
 TINYSTORIES_TRAIN = "/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt"
 TINYSTORIES_VALID = "/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt"

@@ -17,9 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from cs336_bpe import Tokenizer
-from cs336_train import TrainConfig, download, pipeline
+from cs336_train import TrainConfig, pipeline
 from cs336_train.cli import main
 from cs336_train.config_files import CONFIG_DIR, bundled_configs, describe_config, resolve_config
+from cs336_train.datasets import download
 from cs336_train.errors import ConfigError
 from cs336_train.experiment import load_experiment
 from cs336_train.pipeline import OWT_FALLBACK, dataset_config, texts_for

@@ -25,19 +25,19 @@ READERS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__",
 
 
 class StepSpy:
-    """Wraps the trainer's `_optimizer_step`: which step is running, a hook before each, and the model."""
+    """Wraps the trainer's `optimizer_step`: which step is running, a hook before each, and the model."""
 
     def __init__(self, monkeypatch, before_step=None):
         self.step, self.context, self.before_step = 0, None, before_step
-        real_step = trainer_module._optimizer_step
+        real_step = trainer_module.optimizer_step
 
-        def spied(context, micro_batches, step, *args, **kwargs):
-            self.step, self.context = step, context
+        def spied(context, plan, micro_batches):
+            self.step, self.context = plan.step, context
             if self.before_step:
-                self.before_step(context, step)
-            return real_step(context, micro_batches, step, *args, **kwargs)
+                self.before_step(context, plan.step)
+            return real_step(context, plan, micro_batches)
 
-        monkeypatch.setattr(trainer_module, "_optimizer_step", spied)
+        monkeypatch.setattr(trainer_module, "optimizer_step", spied)
 
 
 def count_reads_per_step(monkeypatch, spy: StepSpy) -> dict[int, list[str]]:
@@ -72,7 +72,7 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _poison_the_loss_at(step_to_poison):
-    real_loss = trainer_module.LOSS_FUNCTIONS["scratch"]
+    real_loss = trainer_module.loss_function("scratch")
     calls = []
 
     def loss(logits, targets):
@@ -99,7 +99,8 @@ def test_a_step_that_is_not_finite_leaves_the_weights_of_the_step_before_and_is_
 
     spy = StepSpy(monkeypatch, before_step)
     if poisoned == "loss":
-        monkeypatch.setitem(trainer_module.LOSS_FUNCTIONS, "scratch", _poison_the_loss_at(bad_step))
+        poisoned_loss = _poison_the_loss_at(bad_step)
+        monkeypatch.setattr(trainer_module, "loss_function", lambda impl: poisoned_loss)
     # Read points at steps 1, 4 (log, checkpoint) and 8: the bad step 5 is only noticed at step 8, after steps 6
     # and 7 ran with finite losses. The weights must still be those from before step 5.
     config = tiny_config(token_files, steps=20, log_interval=4, checkpoint_interval=4, stats_interval=0)

@@ -13,7 +13,7 @@ import cs336_train.checkpoint as checkpoint_module
 import cs336_train.trainer as trainer_module
 from cs336_nn import TransformerLM
 from cs336_train import CheckpointError, TrainError, TrainingDiverged, open_tokens, read_checkpoint, train
-from cs336_train.trainer import load_run_config
+from cs336_train.checkpointing import load_run_config
 from tests.train_helpers import tiny_config
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
@@ -73,14 +73,14 @@ def test_gradient_accumulation_gives_the_same_training_as_one_big_batch(token_fi
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(token_files, tmp_path, monkeypatch):
-    real_loss, calls = trainer_module.LOSS_FUNCTIONS["scratch"], []
+    real_loss, calls = trainer_module.loss_function("scratch"), []
 
     def loss_that_diverges_at_step_5(logits, targets):
         calls.append(1)
         loss = real_loss(logits, targets)
         return loss * float("nan") if len(calls) == 5 else loss
 
-    monkeypatch.setitem(trainer_module.LOSS_FUNCTIONS, "scratch", loss_that_diverges_at_step_5)
+    monkeypatch.setattr(trainer_module, "loss_function", lambda impl: loss_that_diverges_at_step_5)
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"became nan at step 5.*step_00000004\.pt.*Lower optimizer\.lr"):
         train(tiny_config(token_files, steps=20, checkpoint_interval=2), run_dir)

@@ -120,3 +120,20 @@ def test_ranks_agree_on_the_clock_and_average_the_loss_on_the_device(tmp_path):
         results = manager.dict()
         mp.spawn(_agree_across_two_ranks, args=(str(tmp_path / "store"), results), nprocs=2)
         assert dict(results) == {0: (100.0, 1.5), 1: (100.0, 1.5)}
+
+
+def test_a_run_saved_before_newer_settings_existed_still_matches_its_config(token_files):
+    """Settings added later (model.ffn_impl, model.norm_impl, run.activation_checkpointing ...) default to the old
+    behaviour, so a checkpoint whose saved config lacks them is the same run and may be resumed."""
+    from cs336_train.checkpoint import config_differences
+    from cs336_train.checkpointing import with_current_defaults
+
+    config = tiny_config(token_files)
+    saved = config.to_dict()
+    for section, key in (("model", "ffn_impl"), ("model", "norm_impl"), ("run", "activation_checkpointing")):
+        saved[section].pop(key, None)
+    assert config_differences(saved, config.to_dict())  # compared raw, the missing keys look like changes
+    assert config_differences(with_current_defaults(saved), config.to_dict()) == []
+    changed = config.to_dict()
+    changed["model"]["num_layers"] = 3
+    assert config_differences(with_current_defaults(changed), config.to_dict())  # a real change still shows

@@ -22,9 +22,9 @@ from cs336_bpe.corpus import metadata_path
 from cs336_nn import perplexity
 from cs336_train import CheckpointError, RunDirectory, RunLockedError, read_checkpoint, write_checkpoint
 from cs336_train.checkpoint import content_sha256
+from cs336_train.checkpointing import RESUMABLE_OVERRIDES
 from cs336_train.cli import main
 from cs336_train.metrics import format_record
-from cs336_train.trainer import RESUMABLE_OVERRIDES
 from tests.train_helpers import cs336_train, last_loss_per_step, tiny_config, write_config
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")

@@ -319,7 +319,7 @@ def test_a_killed_sweep_continues_and_parallel_jobs_give_the_same_results(texts,
 
 
 def test_data_paths_fall_back_to_the_bundled_sample_on_a_fresh_machine(tmp_path, monkeypatch):
-    from cs336_train.bundled_data import SAMPLE_SHA256
+    from cs336_train.datasets.bundled import SAMPLE_SHA256
     from cs336_train.experiment import resolve_path
 
     monkeypatch.delenv("CS336_DATA", raising=False)

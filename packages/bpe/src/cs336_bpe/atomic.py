@@ -19,17 +19,19 @@ from typing import IO
 from cs336_bpe.errors import BPEInputError
 
 
-def ensure_writable_directory(directory: str | os.PathLike) -> Path:
-    """Create `directory` if needed and check we can write there; raise BPEInputError otherwise."""
+def ensure_writable_directory(directory: str | os.PathLike,
+                              error: type[Exception] = BPEInputError) -> Path:
+    """Create `directory` if needed and check we can write there; raise `error` (a message saying what to do)
+    otherwise. Callers outside cs336-bpe pass their own error class, which their command line reports."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise BPEInputError(
-            f"cannot create output directory {str(directory)!r}: {error.strerror}; choose another location"
-        ) from error
+    except OSError as failure:
+        raise error(
+            f"cannot create output directory {str(directory)!r}: {failure.strerror}; choose another location"
+        ) from failure
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise BPEInputError(f"output directory {str(directory)!r} is not writable; choose another location")
+        raise error(f"output directory {str(directory)!r} is not writable; choose another location")
     return directory
 
 

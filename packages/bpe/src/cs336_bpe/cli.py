@@ -7,7 +7,6 @@
     cs336-bpe export tokenizers/tinystories exported/tinystories --format hf
 """
 
-import functools
 import resource
 import sys
 import time
@@ -17,6 +16,7 @@ import click
 import numpy as np
 
 from cs336_bpe.atomic import ensure_writable_directory
+from cs336_bpe.cli_errors import friendly_errors
 from cs336_bpe.corpus import encode_file, open_token_file
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.stats import longest_tokens, measure_encoding, vocabulary_overlap
@@ -38,20 +38,8 @@ def _summary(message: str, started: float) -> None:
     click.echo(f"{message} in {time.perf_counter() - started:.2f} s (peak memory {own:.0f} MB{workers})", err=True)
 
 
-def _friendly_errors(command):
-    """Turn our input errors into `Error: ...` and exit status 1; Ctrl-C into a clean message and 130."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except BPEInputError as error:
-            raise click.ClickException(str(error)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted: no output file was written or changed", err=True)
-            sys.exit(130)
-
-    return wrapper
+# Our input errors become `Error: ...` and exit status 1; Ctrl-C a clean message and 130.
+_friendly_errors = friendly_errors(BPEInputError, interrupted="interrupted: no output file was written or changed")
 
 
 class _Progress:

@@ -31,7 +31,7 @@ from cs336_bpe.chunk_workers import ChunkWorkers, chunk_path, claim_chunks, enco
 from cs336_bpe.chunking import check_text_file, chunk_spans
 from cs336_bpe.counting import PARALLEL_MIN_BYTES, default_num_workers
 from cs336_bpe.errors import BPEInputError
-from cs336_bpe.tokenizer import MAX_ID, Tokenizer
+from cs336_bpe.tokenizer import MAX_ID, Tokenizer, id_typecode
 from cs336_bpe.writer_lock import exclusive_writer, scratch_directory_prefix
 
 # v2: same layout as v1, but the tokenizer fingerprint is computed differently (faster); v1 files must be re-encoded.
@@ -44,13 +44,14 @@ _RECREATE = "re-create it with `cs336-bpe encode`"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned integer type that holds every id: uint16 up to 65,536 tokens, else uint32."""
+    """The type of a token file's ids: the tokenizer's own (`id_typecode`: uint16 up to 65,536 tokens, else
+    uint32), so an encoded block of ids is written to the file as it is."""
     if vocab_size > MAX_ID + 1:
         raise BPEInputError(
             f"the tokenizer's largest id is {vocab_size - 1:,}, which a uint32 token file cannot hold; "
             "renumber the vocabulary with ids below 4,294,967,296"
         )
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+    return np.dtype(id_typecode(vocab_size))
 
 
 def metadata_path(token_path: str | os.PathLike) -> Path:

@@ -55,7 +55,7 @@ MAX_ID = (1 << 32) - 1  # ids fit a uint32 token file, and a packed (left, right
 
 def id_typecode(vocab_size: int) -> str:
     """The `array` typecode of the smallest unsigned integer that holds every id: 16 bits up to 65,536 tokens,
-    else 32 (ids never go above `MAX_ID`)."""
+    else 32 (ids never go above `MAX_ID`). Token files store ids in the same type (`corpus.token_dtype`)."""
     return "H" if vocab_size <= 1 << 16 else next(code for code in "IL" if array(code).itemsize == 4)
 
 

@@ -13,35 +13,13 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
 from cs336_sample.decoding import CONTEXT_LENGTH, MAX_NEW_TOKENS, STOP_TOKEN, Completion
 from cs336_sample.errors import SampleError
 from cs336_sample.loading import find_checkpoint, load_model_and_tokenizer
 from cs336_sample.sampling import SamplingSettings
 from cs336_sample.text import END_OF_TEXT, start_decoding, stream_text
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" picks cuda, then mps, then cpu; an explicit device must exist on this machine."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise click.BadParameter(f"{name!r} is not a device; use auto, cpu, cuda, cuda:1 or mps",
-                                 param_hint="--device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine; use --device cpu (or auto)",
-                                 param_hint="--device")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise click.BadParameter("MPS is not available on this machine; use --device cpu (or auto)",
-                                 param_hint="--device")
-    return device
+from cs336_train import ConfigError, resolve_device
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -98,7 +76,10 @@ def main(checkpoint: Path, prompt: str | None, tokenizer_dir: Path | None, max_t
         SamplingSettings(temperature, top_p, top_k)  # check the settings before the slow part
     except SampleError as error:
         raise click.UsageError(str(error)) from None
-    torch_device = resolve_device(device)
+    try:
+        torch_device = resolve_device(device, setting="--device")
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
     prompt = read_prompt(prompt)
     try:
         checkpoint_path = find_checkpoint(checkpoint)

@@ -16,12 +16,12 @@ _EXPORTS = {
     "load_checkpoint": "checkpoint", "read_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "write_checkpoint": "checkpoint",
     "DataConfig": "config", "OptimizerConfig": "config", "RunConfig": "config", "TrainConfig": "config",
-    "bundled_configs": "config_files", "resolve_config": "config_files", "tinystories_sample": "bundled_data",
+    "bundled_configs": "config_files", "resolve_config": "config_files", "tinystories_sample": "datasets.bundled",
     "get_batch": "data", "open_tokens": "data", "validation_batches": "data",
     "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors", "TrainError": "errors",
     "TrainingDiverged": "errors",
-    "RunDirectory": "run_directory", "RunLockedError": "run_directory",
-    "TrainResult": "trainer", "evaluate": "trainer", "learning_rate": "trainer", "train": "trainer",
+    "RunDirectory": "run_directory", "RunLockedError": "run_directory", "resolve_device": "runtime",
+    "TrainResult": "trainer", "train": "trainer", "evaluate": "evaluation", "learning_rate": "schedule",
 }
 
 __all__ = sorted(_EXPORTS)

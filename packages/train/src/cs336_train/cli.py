@@ -1,4 +1,5 @@
-"""The `cs336-train` command: fit, resume, eval, account, plot, download, pipeline, sweep, report, configs, export.
+"""The `cs336-train` command: fit, resume, eval, account, plot, download, pipeline, sweep, report, configs,
+export and compare.
 
     cs336-train pipeline                                   # the bundled TinyStories sample -> a trained model
     cs336-train pipeline --train-text train.txt --valid-text valid.txt --out runs/first
@@ -19,11 +20,14 @@ from pathlib import Path
 
 import click
 
-from cs336_train.errors import Interrupted, TrainError
+from cs336_bpe import friendly_errors
+from cs336_train.compare import compare_command
+from cs336_train.errors import TrainError
 from cs336_train.export import export_command
 
-# Only click is imported here; each command imports what it needs (torch among it) inside `_friendly_errors`,
-# so that `--help` is instant and a Ctrl-C during start-up exits with 130 and one line, not a traceback.
+# Only click is imported here (cs336_bpe loads its modules on first use, and friendly_errors needs only click);
+# each command imports what it needs (torch among it) inside `_friendly_errors`, so that `--help` is instant and
+# a Ctrl-C during start-up exits with 130 and one line, not a traceback.
 
 override_option = click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -31,23 +35,9 @@ override_option = click.option(
 )
 
 
-def _friendly_errors(command):
-    """Turn the errors a user can fix into one-line messages with exit status 1 (or 128 + signal)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except Interrupted as error:
-            click.echo(f"cs336-train: {error}", err=True)
-            raise SystemExit(error.exit_code) from None
-        except TrainError as error:
-            raise click.ClickException(str(error)) from None
-        except KeyboardInterrupt:
-            click.echo("cs336-train: interrupted", err=True)
-            raise SystemExit(130) from None
-
-    return wrapper
+# What a user can fix (a TrainError) is one line and exit status 1; a run stopped by a signal (Interrupted, a
+# TrainError with an exit code) says so and exits with 128 + the signal; Ctrl-C during start-up exits with 130.
+_friendly_errors = friendly_errors(TrainError, interrupted="interrupted", prefix="cs336-train: ")
 
 
 def _summary(result) -> None:
@@ -70,6 +60,8 @@ def main():
 
 # `export` lives with its logic in export.py (click and the standard library only, so --help stays fast).
 main.add_command(export_command)
+# `compare` (compare.py): reference, scratch and torch implementations of each component, side by side.
+main.add_command(compare_command)
 
 @main.command()
 @click.argument("config_name", metavar="CONFIG")
@@ -102,7 +94,8 @@ def resume(run_dir: Path, resume_from: str | None, overrides: tuple[str, ...]):
     Only settings that do not change what is computed may be overridden, e.g.
     --set run.time_budget_s=600 or --set run.device=cpu.
     """
-    from cs336_train.trainer import load_run_config, train
+    from cs336_train.checkpointing import load_run_config
+    from cs336_train.trainer import train
 
     config = load_run_config(run_dir, list(overrides))
     _summary(train(config, run_dir, resume=True, resume_from=resume_from))
@@ -240,7 +233,7 @@ def download(dataset: str, dest: Path, splits: tuple[str, ...], base_url: str | 
     (refused bytes are kept as NAME.rejected) and skips files already complete and verified. To download and
     train in one command: cs336-train pipeline --dataset tinystories (or owt).
     """
-    from cs336_train.download import describe_download, download_dataset, next_command
+    from cs336_train.datasets.download import describe_download, download_dataset, next_command
 
     say = functools.partial(click.echo, err=True)
     follow_on = next_command(dataset, dest) if not splits or set(splits) == {"train", "valid"} else None

@@ -101,6 +101,11 @@ class TrainingBatches:
         """The sampler's state as of the last step taken: what a checkpoint saves."""
         return self._ahead[0] if self._ahead else self.sampler.bit_generator.state
 
+    def set_sampler_state(self, state: dict) -> None:
+        """Continue from a saved `sampler_state()`: the next step draws what it drew after that step."""
+        self.sampler.bit_generator.state = state
+        self._ahead = None
+
     def _draw(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         starts = sample_window_starts(len(self.tokens), self.batch_size, self.context_length, self.sampler)
         starts = starts.reshape(self.grad_accum_steps, self.world_size, -1)[:, self.rank]

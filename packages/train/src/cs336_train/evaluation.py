@@ -1,17 +1,45 @@
-"""`cs336-train eval`: the exact validation loss, perplexity and bits per byte of a saved checkpoint on a token
-file (bits per byte compares models with different tokenizers)."""
+"""The exact validation loss of a model on a token file: the trainer's validations, and `cs336-train eval`, which
+also gives the perplexity and bits per byte of a saved checkpoint (bits per byte compares models with different
+tokenizers)."""
 
 from pathlib import Path
 
-from cs336_nn import TransformerLM, perplexity
-from cs336_train import runtime
+import numpy as np
+import torch
+
+from cs336_nn import TransformerLM, loss_function, perplexity
+from cs336_train import distributed, runtime
 from cs336_train.checkpoint import read_checkpoint
 from cs336_train.config import TrainConfig
-from cs336_train.data import bytes_per_token, open_tokens, tokenizer_fingerprint_of
+from cs336_train.data import bytes_per_token, open_tokens, tokenizer_fingerprint_of, validation_batches
 from cs336_train.errors import CheckpointError
 from cs336_train.metrics import bits_per_byte
 from cs336_train.run_directory import RunDirectory
-from cs336_train.trainer import evaluate
+
+SINGLE_PROCESS = distributed.Distributed()
+
+
+def evaluate(model: torch.nn.Module, tokens: np.ndarray, config: TrainConfig, device: torch.device,
+             dist: distributed.Distributed = SINGLE_PROCESS) -> float:
+    """Mean loss over every token of `tokens`, in order (exact, comparable across runs); ranks share the work."""
+    loss_fn = loss_function(config.run.loss_impl)
+    was_training = model.training
+    model.eval()
+    # Summed on the device and read once at the end: a read per batch would make the host wait for each one.
+    # In float64 (as a Python sum would be), except on MPS, which has no float64.
+    loss_sum = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    count = 0
+    with torch.no_grad(), runtime.autocast(device, config.run.precision):
+        batches = validation_batches(tokens, config.model.context_length, config.run.valid_batch_size, device)
+        for index, (inputs, targets) in enumerate(batches):
+            if index % dist.world_size != dist.rank:
+                continue
+            logits = model(inputs)
+            loss_sum += loss_fn(logits.float(), targets).to(loss_sum.dtype) * targets.numel()
+            count += targets.numel()
+    model.train(was_training)
+    loss_sum, count = distributed.sum_across_ranks([float(loss_sum), float(count)], device)
+    return loss_sum / count
 
 
 def resolve_checkpoint(path: str | Path, which: str | None = None) -> Path:
@@ -26,8 +54,9 @@ def resolve_checkpoint(path: str | Path, which: str | None = None) -> Path:
 
 def evaluate_checkpoint(checkpoint: str | Path, token_file: str | Path, device: str = "auto",
                         batch_size: int = 16, which: str | None = None) -> dict:
+    """`cs336-train eval`: the loss, perplexity and bits per byte of a checkpoint (or a run's chosen one)."""
     path = resolve_checkpoint(checkpoint, which)
-    device = runtime.resolve_device(device)
+    device = runtime.resolve_device(device, setting="--device")
     state = read_checkpoint(path, map_location=device)
     if "config" not in state:
         raise CheckpointError(f"{str(path)!r} has no saved configuration (it is a bare hook checkpoint)")

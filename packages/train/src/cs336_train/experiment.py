@@ -277,7 +277,7 @@ def resolve_path(text: str, root: Path) -> Path:
     if not os.environ.get("CS336_DATA") and not Path(data).is_dir():
         split = BUNDLED_SPLITS.get(text.replace("${CS336_DATA}", "$CS336_DATA"))
         if split:
-            from cs336_train.bundled_data import tinystories_sample
+            from cs336_train.datasets.bundled import tinystories_sample
 
             return tinystories_sample()[split]
     expanded = os.path.expanduser(os.path.expandvars(text.replace("$CS336_DATA", data)))

@@ -24,15 +24,13 @@ A record in metrics.jsonl:
 Cost: the norms read every parameter and gradient once; the activation probe is one extra forward pass over a
 few sequences without gradients. Only stats steps pay it (BENCHMARKS.md measures the total).
 
-`DivergenceWatch` is the instrument of every step: it notices, on the device, the first step whose loss or gradient
-norm is not finite, and keeps what the divergence report needs about it until the trainer next reads numbers.
+The instrument of every step, the NaN guard, lives in divergence.py.
 """
 
 import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from einops import einsum, rearrange
@@ -165,72 +163,3 @@ def attention_entropy(attention: nn.Module, x: Tensor) -> float:
     probabilities = log_probabilities.exp()
     row_entropy = -(probabilities * log_probabilities.masked_fill(~causal, 0.0)).sum(-1)
     return float(row_entropy.mean())
-
-
-@dataclass
-class Divergence:
-    """The first step whose loss or gradient norm was not finite, as read back from a `DivergenceWatch`."""
-
-    step: int
-    loss: float
-    grad_norm: float
-    wall_s: float  # training seconds when that step began
-    last_finite_loss: float | None  # the step before's loss (None: the run diverged at its first step)
-    parameter_grad_norms: list[float]  # that step's gradient norm of each parameter, before clipping
-
-
-class DivergenceWatch:
-    """Watches every step for a loss or gradient norm that is not finite, on the device, without reading anything.
-
-    On a GPU, checking `math.isfinite(loss)` every step would make the host wait for each step to finish before
-    queuing the next one. Instead, `all_finite` is a device flag, True until the first bad step and False from
-    then on (sticky): the trainer multiplies each step's learning rate by it, so from that step on the optimizer
-    changes nothing, and the weights stay those from before it. What the report needs about that step is recorded
-    beside it, and read only where the trainer reads numbers anyway (log lines, validation, checkpoints, the end):
-    `first_divergence()` then says whether, and where, the run diverged.
-    """
-
-    def __init__(self, device: torch.device, num_parameters: int):
-        def zero(*shape, dtype=torch.float32):
-            return torch.zeros(shape, dtype=dtype, device=device)
-
-        self.all_finite = torch.ones((), dtype=torch.bool, device=device)
-        self.step, self.loss, self.grad_norm, self.wall_s = zero(dtype=torch.int64), zero(), zero(), zero()
-        self.last_finite_loss = torch.full((), math.nan, device=device)
-        self.parameter_grad_norms = zero(num_parameters)
-
-    def observe(self, step: int, wall_s: float, loss: Tensor, grad_norm: Tensor, parameter_grad_norms: Tensor) -> None:
-        """Record step `step` (begun at `wall_s` training seconds): a dozen tiny device operations, no read."""
-        step_is_finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-        first_bad = self.all_finite & ~step_is_finite  # True at the first bad step only
-
-        def keep_if_first_bad(value, recorded: Tensor) -> Tensor:
-            return torch.where(first_bad, value, recorded)
-
-        self.step = keep_if_first_bad(step, self.step)
-        self.wall_s = keep_if_first_bad(wall_s, self.wall_s)
-        self.loss = keep_if_first_bad(loss.float(), self.loss)
-        self.grad_norm = keep_if_first_bad(grad_norm.float(), self.grad_norm)
-        if parameter_grad_norms.shape == self.parameter_grad_norms.shape:  # shapes are known on the host: no read
-            self.parameter_grad_norms = keep_if_first_bad(parameter_grad_norms.float(), self.parameter_grad_norms)
-        self.all_finite = self.all_finite & step_is_finite
-        self.last_finite_loss = torch.where(self.all_finite, loss.float(), self.last_finite_loss)
-
-    def gate(self, learning_rate: float) -> Tensor:
-        """`learning_rate` as a device tensor, 0 once a step was not finite (the optimizer then changes nothing)."""
-        return torch.where(self.all_finite, learning_rate, 0.0)
-
-    def first_divergence(self) -> Divergence | None:
-        """None while every step was finite; else the first bad step. Reads the flag back (a sync on a GPU)."""
-        if bool(self.all_finite):
-            return None
-        last = float(self.last_finite_loss)
-        return Divergence(int(self.step), float(self.loss), float(self.grad_norm), float(self.wall_s),
-                          last if math.isfinite(last) else None, self.parameter_grad_norms.tolist())
-
-
-def largest(norms: dict[str, float], count: int = 3) -> dict[str, float]:
-    """The `count` largest values, non-finite ones first (they are where a divergence shows)."""
-    order = sorted(norms, key=lambda name: (math.isfinite(norms[name]), -norms[name] if math.isfinite(norms[name])
-                                            else 0.0))
-    return {name: norms[name] for name in order[:count]}

@@ -34,7 +34,7 @@ SAMPLE_PROMPTS = ("Once upon a time", "The little dog", "Lily wanted to")
 TEXT_CHECK_BYTES = 1 << 16
 
 SAMPLE = "sample"  # the bundled TinyStories sample
-DOWNLOADABLE = ("tinystories", "owt")  # cs336_train.download.DATASETS
+DOWNLOADABLE = ("tinystories", "owt")  # cs336_train.datasets.download.DATASETS
 # The configuration each dataset trains with unless --config names another: (bundled name, overrides). The
 # OpenWebText one is the course's (32K vocabulary); where it is not bundled, the CPU model with that vocabulary.
 DATASET_CONFIGS = {SAMPLE: (DEFAULT_CONFIG, []), "tinystories": (DEFAULT_CONFIG, []), "owt": ("owt_course", [])}
@@ -61,13 +61,13 @@ def texts_for(dataset: str, data_dir: Path = Path("data"), base_url: str | None 
     """(training text, validation text) of a dataset: the bundled sample (decompressed into the cache once), or
     the full data downloaded into `data_dir` (files already there are verified, not downloaded again)."""
     if dataset == SAMPLE:
-        from cs336_train.bundled_data import tinystories_sample
+        from cs336_train.datasets.bundled import tinystories_sample
 
         texts = tinystories_sample()
         say(f"data: the TinyStories sample bundled with cs336-train ({texts['train'].stat().st_size / 1e6:.1f} MB "
             f"of training text; licence: cs336_train/tinystories_sample/NOTICE.md)")
         return texts["train"], texts["valid"]
-    from cs336_train.download import DATASETS, describe_download, download_dataset
+    from cs336_train.datasets.download import DATASETS, describe_download, download_dataset
 
     say(f"data: {describe_download(dataset, data_dir)}")
     paths = download_dataset(dataset, data_dir, base_url=base_url, log=lambda line: say(f"data: {line}"))

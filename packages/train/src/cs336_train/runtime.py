@@ -13,8 +13,9 @@ import torch
 from cs336_train.errors import ConfigError
 
 
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """"auto" picks cuda, then mps, then cpu; an explicit device that is not available is an error."""
+def resolve_device(requested: str, local_rank: int = 0, setting: str = "run.device") -> torch.device:
+    """"auto" picks cuda, then mps, then cpu; an explicit device that is not available is an error, which names
+    the `setting` the device came from (the config's run.device, or a command's --device)."""
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -24,11 +25,11 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise ConfigError(f"run.device = {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"{setting} = {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device = {requested!r} but CUDA is not available here; use run.device=auto or cpu")
+        raise ConfigError(f"{setting} = {requested!r} but CUDA is not available here; use {setting}=auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"run.device = {requested!r} but MPS is not available here; use run.device=auto or cpu")
+        raise ConfigError(f"{setting} = {requested!r} but MPS is not available here; use {setting}=auto or cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

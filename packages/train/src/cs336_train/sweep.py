@@ -20,13 +20,14 @@ What makes a sweep safe to stop at any moment:
 import json
 from collections.abc import Callable, Sequence
 
+from cs336_train.checkpointing import RESUMABLE_OVERRIDES
 from cs336_train.config import TrainConfig
 from cs336_train.errors import ConfigError, Interrupted, TrainingDiverged
 from cs336_train.experiment import Experiment, PlannedRun
 from cs336_train.run_directory import RunDirectory
 from cs336_train.sweep_data import prepare_token_files, require_texts
 from cs336_train.sweep_records import diverged_result, finished_result, read_result, write_record, write_result
-from cs336_train.trainer import RESUMABLE_OVERRIDES, train
+from cs336_train.trainer import train
 
 
 def run_sweep(experiment: Experiment, jobs: int = 1, only: Sequence[str] = (), say: Callable[[str], None] = print,

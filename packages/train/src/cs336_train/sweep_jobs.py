@@ -26,6 +26,7 @@ from cs336_train.errors import Interrupted, TrainError
 from cs336_train.experiment import Experiment, PlannedRun
 from cs336_train.plot import load_metrics
 from cs336_train.run_directory import RunDirectory
+from cs336_train.stop_signal import StopSignal
 from cs336_train.sweep import describe_settings
 from cs336_train.sweep_records import finished_result, write_result
 
@@ -105,29 +106,18 @@ def _tail(path: Path, size: int = 8192) -> str:
         return handle.read().decode("utf-8", "replace")
 
 
-class _ForwardedStop:
+class _ForwardedStop(StopSignal):
     """Catch SIGINT/SIGTERM in the sweep and pass them on to the runs, which save a checkpoint and exit.
 
     A Ctrl-C in a terminal reaches the runs directly too (same process group); a second signal is harmless.
     """
 
     def __init__(self, processes: Callable[[], list[subprocess.Popen]]):
+        super().__init__()
         self.processes = processes
-        self.received: int | None = None
-        self._previous = {}
 
-    def __enter__(self):
-        for number in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: keep the default behaviour
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _handle(self, number, frame):
-        self.received = number
+    def _handle(self, number, frame) -> None:
+        super()._handle(number, frame)
         for process in self.processes():
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(number)
-
-    def __exit__(self, *exc):
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)

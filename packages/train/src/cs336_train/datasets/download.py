@@ -1,6 +1,6 @@
 """Download the course datasets: TinyStories V2 and the CS336 OpenWebText sample, verified byte for byte.
 
-    >>> from cs336_train.download import download_dataset
+    >>> from cs336_train.datasets.download import download_dataset
     >>> download_dataset("tinystories", "data")      # doctest: +SKIP
     [PosixPath('data/TinyStoriesV2-GPT4-train.txt'), PosixPath('data/TinyStoriesV2-GPT4-valid.txt')]
 
@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from cs336_bpe import ensure_writable_directory
 from cs336_train.errors import TrainError
 
 USER_AGENT = "cs336-train (python urllib)"
@@ -191,7 +192,7 @@ def download_dataset(
     continues where it stopped when run again. Raises DownloadError saying what to do.
     """
     files = selected_files(name, splits)
-    dest_dir = _writable_directory(dest_dir)
+    dest_dir = ensure_writable_directory(dest_dir, DownloadError)
     paths = []
     for file in files:
         url = _with_base_url(file.url, base_url)
@@ -288,7 +289,7 @@ def _download(url: str, dest: Path, expected: Expected, progress: bool, retries:
     if dest.exists():
         _verify_existing(dest, expected, progress, log)
         return dest
-    _writable_directory(dest.parent)
+    ensure_writable_directory(dest.parent, DownloadError)
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
@@ -742,17 +743,6 @@ def _unreachable_message(url: str, part: Path, reason: object) -> str:
         f"(set HTTPS_PROXY). Alternatively download the file on another machine and place it by hand at "
         f"{final}{decompressed}: files already there are not downloaded again"
     )
-
-
-def _writable_directory(directory: str | os.PathLike) -> Path:
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DownloadError(f"cannot create directory {directory}: {error.strerror}; choose another") from error
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise DownloadError(f"directory {directory} is not writable; choose another")
-    return directory
 
 
 def _size_or_zero(path: Path) -> int:
