@@ -139,9 +139,10 @@ class TrainingConsole:
 
 
 def _is_terminal(stream: TextIO) -> bool:
+    """A terminal with a width: a pseudo-terminal of zero columns (some job runners) cannot draw a bar."""
     try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):
         return False
 
 
