@@ -11,19 +11,7 @@ from cs336_nn.activations import silu_gate
 from cs336_nn.fused_attention import fused_causal_attention
 from cs336_nn.kernel_policy import CPU_POLICY, KernelPolicy, use_policy
 from cs336_nn.rmsnorm import _RMSNorm
-
-
-def assert_close(actual, expected, atol=1e-5, rtol=1e-4):
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
-
-
-def values_and_grads(function, *inputs, seed=0):
-    """function(*inputs) and the gradients of <function(*inputs), fixed random upstream gradient>."""
-    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
-    output = function(*inputs)
-    upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed)).to(output.dtype)
-    grads = torch.autograd.grad(output, inputs, upstream)
-    return output.detach(), grads
+from tests.nn_helpers import assert_close, values_and_grads
 
 
 def sdpa_causal(q, k, v):

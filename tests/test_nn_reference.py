@@ -11,20 +11,9 @@ import torch.nn.functional as F
 import cs336_nn as nn_
 from cs336_nn import reference
 from cs336_nn.components import causal_attention_for, make_ffn, make_norm
+from tests.nn_helpers import assert_close, values_and_grads
 
 torch.manual_seed(0)
-
-
-def assert_close(actual, expected, atol=1e-5, rtol=1e-4):
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
-
-
-def values_and_grads(function, *inputs, seed=0):
-    """function(*inputs) and the gradients of <function(*inputs), a fixed random upstream gradient>."""
-    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
-    output = function(*inputs)
-    upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed)).to(output.dtype)
-    return output.detach(), torch.autograd.grad(output, inputs, upstream)
 
 
 def assert_same_values_and_grads(function, expected_function, *inputs, atol=1e-5, rtol=1e-4):
