@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cs336_bpe import Tokenizer
+from cs336_bpe import Tokenizer, train_bpe
 from cs336_bpe.cli import main
 
 
@@ -37,6 +37,21 @@ def test_train_encode_decode_stats(tmp_path, fixtures_dir, runner):
                                   str(tmp_path / "tok"), "--top", "3"])
     assert result.exit_code == 0, result.output
     assert "bytes/token" in result.output and "300 tokens shared, 0 only here" in result.output
+
+
+def test_train_max_pretokens_caps_the_distinct_pretokens(tmp_path, fixtures_dir, runner):
+    source = fixtures_dir / "tinystories_sample.txt"
+    result = runner.invoke(main, ["train", str(source), "--vocab-size", "400", "--out", str(tmp_path / "tok"),
+                                  "--max-pretokens", "50", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    capped = train_bpe(source, 400, ["<|endoftext|>"], max_pretokens=50)
+    assert capped != train_bpe(source, 400, ["<|endoftext|>"])  # the cap is passed on and changes the result
+    tokenizer = Tokenizer.load(tmp_path / "tok")
+    assert tokenizer.merges == capped[1]
+
+    result = runner.invoke(main, ["train", str(source), "--vocab-size", "400", "--out", str(tmp_path / "tok"),
+                                  "--max-pretokens", "0"])
+    assert result.exit_code == 2 and "--max-pretokens" in result.output
 
 
 @pytest.mark.parametrize("command", ["train", "encode", "decode", "stats"])

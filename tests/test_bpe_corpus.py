@@ -8,9 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from cs336_bpe import BPEInputError, Tokenizer, chunk_workers, corpus
-from cs336_bpe.chunk_workers import claim_chunks
+from cs336_bpe import BPEInputError, Tokenizer
 from cs336_bpe.corpus import encode_file, open_token_file, token_dtype
+from cs336_bpe.parallel import chunk_workers, file_encoding, processes
+from cs336_bpe.parallel.chunk_workers import claim_chunks
 
 
 @pytest.mark.parametrize("num_workers", [1, 2, 3])
@@ -49,7 +50,7 @@ def test_invalid_utf8_in_a_parallel_encode_is_a_clear_error(tmp_path, owt_text, 
     # worker surely does), the error names the byte and its offset in the file, nothing is written, and the
     # workers are gone.
     if not main_encodes:
-        monkeypatch.setattr(corpus, "claim_chunks", lambda num_chunks, next_chunk: iter(()))
+        monkeypatch.setattr(file_encoding, "claim_chunks", lambda num_chunks, next_chunk: iter(()))
     text = owt_text.encode("utf-8")
     source = tmp_path / "bad.txt"
     source.write_bytes(text * 3 + b"\xff" + text * 5)
@@ -71,7 +72,7 @@ def test_a_worker_that_dies_is_an_error(tmp_path, owt_text, gpt2_tokenizer, monk
         return encode_array(text)
 
     monkeypatch.setattr(gpt2_tokenizer, "encode_array", die_in_workers)
-    monkeypatch.setattr(corpus, "claim_chunks", lambda num_chunks, next_chunk: iter(()))  # workers take them all
+    monkeypatch.setattr(file_encoding, "claim_chunks", lambda num_chunks, next_chunk: iter(()))  # workers take them all
     source = tmp_path / "big.txt"
     source.write_text(owt_text * 8, encoding="utf-8")
     with pytest.raises(RuntimeError, match="an encoding worker exited with code 3"):
@@ -128,9 +129,9 @@ def test_encoded_file_without_fork(tmp_path, owt_text, gpt2_tokenizer, monkeypat
     # A spawned worker starts slowly, so the main process could encode every chunk before it is up: here the
     # main process claims none, and the spawned worker must encode them all.
     spawn = multiprocessing.get_context("spawn")
-    monkeypatch.setattr(chunk_workers.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    monkeypatch.setattr(chunk_workers.multiprocessing, "get_context", lambda method=None: spawn)
-    monkeypatch.setattr(corpus, "claim_chunks", lambda num_chunks, next_chunk: iter(()))
+    monkeypatch.setattr(processes.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(processes.multiprocessing, "get_context", lambda method=None: spawn)
+    monkeypatch.setattr(file_encoding, "claim_chunks", lambda num_chunks, next_chunk: iter(()))
     text = owt_text * 8
     source = tmp_path / "big.txt"
     source.write_text(text, encoding="utf-8")

@@ -121,7 +121,8 @@ def test_directory_fsync_is_skipped_where_directories_cannot_be_opened(tmp_path,
 ENCODE_SCRIPT = r"""
 import os, sys, time
 from pathlib import Path
-from cs336_bpe import Tokenizer, chunk_workers, encode_file
+from cs336_bpe import Tokenizer, encode_file
+from cs336_bpe.parallel import chunk_workers
 
 source, output, markers, death_signal = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 if death_signal == "off":  # test the portable fallback alone: the getppid check between chunks

@@ -9,11 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cs336_bpe import BPEInputError, train_bpe
+from cs336_bpe import BPEInputError, reference, train_bpe
 from cs336_bpe.counting import count_file_pretokens, drop_rarest
 from cs336_bpe.merging import PretokenTable, learn_merges
 from cs336_bpe.training import initial_vocab
-from tests.test_bpe_training import naive_bpe
 
 ALL_ARRAYS, ALL_PYTHON = 0, 10**9  # `many_words` thresholds that force one path for every merge
 
@@ -28,9 +27,9 @@ def _bytes_words(word_counts):
 
 @settings(max_examples=150, deadline=None)
 @given(corpora, st.integers(1, 40), st.sampled_from([ALL_ARRAYS, 1, 3, ALL_PYTHON]))
-def test_both_merge_paths_equal_naive_recount(words, num_merges, many_words):
+def test_both_merge_paths_equal_plain_recount(words, num_merges, many_words):
     word_counts = {tuple(word.encode()): count for word, count in words.items()}
-    expected = naive_bpe(_bytes_words(word_counts), num_merges)
+    expected = reference.merges_by_recount(_bytes_words(word_counts), num_merges)
     vocab = {i: bytes([i]) for i in range(256)}
     assert learn_merges(word_counts, vocab, num_merges, many_words=many_words) == expected
     assert len(vocab) == 256 + len(expected)
@@ -54,7 +53,7 @@ def test_runs_of_one_token_merge_left_to_right(many_words):
     word_counts = {tuple(b"aaaaa"): 1, tuple(b"aaa"): 2, tuple(b"ba"): 1}
     vocab = {i: bytes([i]) for i in range(256)}
     merges = learn_merges(word_counts, vocab, 4, many_words=many_words)
-    assert merges == naive_bpe(_bytes_words(word_counts), 4)
+    assert merges == reference.merges_by_recount(_bytes_words(word_counts), 4)
     assert merges[:2] == [(b"a", b"a"), (b"aa", b"a")]
 
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cs336_bpe import BPEInputError
-from cs336_bpe.chunking import chunk_spans, read_span
+from cs336_bpe import BPEInputError, reference
 from cs336_bpe.counting import count_file_pretokens
+from cs336_bpe.parallel.chunking import chunk_spans, read_span
 from cs336_bpe.pretokenize import (
     FRAGMENT_BOUNDARY_RE,
     PRETOKEN_ASCII_RE,
@@ -30,16 +30,10 @@ TRICKY = st.lists(
 ).map("".join)
 
 
-def reference_counts(text: str, specials: list[str]) -> Counter:
-    pattern = special_tokens_pattern(specials)
-    segments = pattern.split(text) if pattern else [text]
-    return Counter(token for segment in segments for token in pretokenize(segment))
-
-
 @settings(max_examples=400, deadline=None)
 @given(TRICKY)
 def test_fragment_counting_equals_regex_on_tricky_text(text):
-    assert count_pretokens(text, special_tokens_pattern(SPECIALS)) == reference_counts(text, SPECIALS)
+    assert count_pretokens(text, special_tokens_pattern(SPECIALS)) == reference.pretoken_counts(text, SPECIALS)
     assert count_pretokens(text) == Counter(pretokenize(text))
 
 
@@ -85,10 +79,21 @@ def test_ascii_pattern_equals_gpt2_pattern_on_every_ascii_triple():
         assert PRETOKEN_ASCII_RE.findall(text) == PRETOKEN_RE.findall(text), repr(first)
 
 
+@settings(max_examples=200, deadline=None)
+@given(TRICKY, st.lists(st.sampled_from(["<|endoftext|>", "<s>", "é<s>", "<s>é", "\u3000", "ab"]), min_size=1,
+                        max_size=4, unique=True))
+def test_special_token_regex_over_bytes_finds_what_the_text_regex_finds(text, specials):
+    """Chunking looks for special tokens in a file's bytes, `count_pretokens` in its text: one builder, one answer."""
+    over_text = special_tokens_pattern(specials, capture=True).split(text)
+    over_bytes = special_tokens_pattern(specials, capture=True, as_bytes=True).split(text.encode("utf-8"))
+    assert [part.encode("utf-8") for part in over_text] == over_bytes
+
+
 @pytest.mark.parametrize("relative", ["tinystories/valid.txt", "owt/owt_valid_sample.txt"])
 def test_fragment_counting_on_real_corpora(data_dir, relative):
     text = (data_dir / relative).read_text(encoding="utf-8")
-    assert count_pretokens(text, special_tokens_pattern(["<|endoftext|>"])) == reference_counts(text, ["<|endoftext|>"])
+    specials = ["<|endoftext|>"]
+    assert count_pretokens(text, special_tokens_pattern(specials)) == reference.pretoken_counts(text, specials)
 
 
 def test_pretokenize_example_from_handout():
@@ -110,7 +115,8 @@ def test_chunks_cover_file_and_do_not_change_counts(tmp_path_factory, text, chun
     pieces = [read_span(path, start, end) for start, end in spans]
     assert "".join(pieces) == text
     pattern = special_tokens_pattern(SPECIALS)
-    assert sum((count_pretokens(piece, pattern) for piece in pieces), Counter()) == reference_counts(text, SPECIALS)
+    pieces_counts = sum((count_pretokens(piece, pattern) for piece in pieces), Counter())
+    assert pieces_counts == reference.pretoken_counts(text, SPECIALS)
 
 
 def test_chunk_boundaries_are_the_first_safe_places_after_multiples_of_the_chunk_size(tmp_path):
@@ -138,4 +144,4 @@ def test_count_file_in_parallel_equals_single(tmp_path, data_dir):
     path.write_text(text * 8, encoding="utf-8")  # > 1 MiB: really parallel
     single = count_file_pretokens(path, ["<|endoftext|>"], num_workers=1)
     assert count_file_pretokens(path, ["<|endoftext|>"], num_workers=2) == single
-    assert single == Counter({token: 8 * n for token, n in reference_counts(text, ["<|endoftext|>"]).items()})
+    assert single == Counter({token: 8 * n for token, n in reference.pretoken_counts(text, ["<|endoftext|>"]).items()})

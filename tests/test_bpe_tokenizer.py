@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cs336_bpe import BPEInputError, Tokenizer, pretokenize, train_bpe
+from cs336_bpe import BPEInputError, Tokenizer, pretokenize, reference, train_bpe
 from cs336_bpe import tokenizer as tokenizer_module
 
 FIXTURE_TEXTS = ["corpus.en", "tinystories_sample.txt", "address.txt", "german.txt",
@@ -21,26 +21,6 @@ DATA_TEXTS = ["tinystories/valid.txt", "tinystories/train.txt", "owt/owt_valid_s
 def small_tokenizer(fixtures_dir):
     vocab, merges = train_bpe(fixtures_dir / "corpus.en", 500, ["<|endoftext|>"])
     return Tokenizer(vocab, merges, ["<|endoftext|>", "<|endoftext|><|endoftext|>"])
-
-
-def gpt2_reference_bpe(word: bytes, merges: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """OpenAI's original GPT-2 ``bpe()`` (encoder.py), on bytes: merge the lowest-ranked pair everywhere, repeat."""
-    ranks = {pair: rank for rank, pair in reversed(list(enumerate(merges)))}
-    parts = [bytes([b]) for b in word]
-    while len(parts) > 1:
-        pair = min(zip(parts, parts[1:]), key=lambda p: ranks.get(p, float("inf")))
-        if pair not in ranks:
-            break
-        merged, i = [], 0
-        while i < len(parts):
-            if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
-                merged.append(pair[0] + pair[1])
-                i += 2
-            else:
-                merged.append(parts[i])
-                i += 1
-        parts = merged
-    return parts
 
 
 # Overlapping and chained merges: "aaaa" must become aa|aa (left to right), "aaa" aa|a, then "aaa" + "a" etc.
@@ -62,8 +42,26 @@ def test_merge_loop_matches_gpt2_reference_bpe(small_tokenizer, merges_source, w
     else:
         tokenizer, text = small_tokenizer, english
     expected = [tokenizer.token_to_id[part] for pretoken in pretokenize(text)
-                for part in gpt2_reference_bpe(pretoken.encode("utf-8"), tokenizer.merges)]
+                for part in reference.bpe_word(pretoken.encode("utf-8"), tokenizer.merges)]
     assert tokenizer.encode(text) == expected
+
+
+def test_handout_encoding_example():
+    """Handout §2.6.1, Example (bpe_encoding): 'the cat ate' -> [9, 7, 1, 5, 10, 3], plain and fast."""
+    vocab = {0: b" ", 1: b"a", 2: b"c", 3: b"e", 4: b"h", 5: b"t", 6: b"th", 7: b" c", 8: b" a", 9: b"the",
+             10: b" at"}
+    merges = [(b"t", b"h"), (b" ", b"c"), (b" ", b"a"), (b"th", b"e"), (b" a", b"t")]
+    assert reference.encode("the cat ate", vocab, merges, []) == [9, 7, 1, 5, 10, 3]
+    full_vocab = {**vocab, **{11 + byte: bytes([byte]) for byte in range(256) if bytes([byte]) not in vocab.values()}}
+    assert Tokenizer(full_vocab, merges).encode("the cat ate") == [9, 7, 1, 5, 10, 3]
+
+
+@pytest.mark.parametrize("name", ["tinystories_sample.txt", "special_token_double_newlines_non_whitespace.txt"])
+def test_encode_equals_the_plain_reference_with_special_tokens(small_tokenizer, fixtures_dir, name):
+    text = (fixtures_dir / name).read_text(encoding="utf-8")[:20_000]
+    tokenizer = small_tokenizer
+    assert tokenizer.encode(text) == reference.encode(text, tokenizer.vocab, tokenizer.merges,
+                                                      tokenizer.special_tokens)
 
 
 @pytest.mark.parametrize("name", FIXTURE_TEXTS)

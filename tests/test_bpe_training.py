@@ -1,45 +1,15 @@
-"""BPE training: the handout's worked example, the course reference, a naive reference and bad input."""
+"""BPE training: the handout's worked example, the course reference, the plain reference and bad input."""
 
 import json
-from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cs336_bpe import BPEInputError, train_bpe
+from cs336_bpe import BPEInputError, reference, train_bpe
 from cs336_bpe.merging import learn_merges
-from cs336_bpe.pretokenize import pretokenize
 from cs336_bpe.training import initial_vocab
 from tests.conftest import gpt2_byte_decoder
-
-
-def naive_bpe(word_counts: dict[tuple[bytes, ...], int], num_merges: int) -> list[tuple[bytes, bytes]]:
-    """The textbook algorithm (Sennrich et al., Algorithm 1): recount every pair after every merge."""
-    words = dict(word_counts)
-    merges = []
-    for _ in range(num_merges):
-        pair_counts: Counter = Counter()
-        for word, count in words.items():
-            for pair in zip(word, word[1:]):
-                pair_counts[pair] += count
-        if not pair_counts:
-            break
-        best = max(pair_counts, key=lambda pair: (pair_counts[pair], pair))
-        merges.append(best)
-        merged_words = {}
-        for word, count in words.items():
-            new_word, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    new_word.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    new_word.append(word[i])
-                    i += 1
-            merged_words[tuple(new_word)] = merged_words.get(tuple(new_word), 0) + count
-        words = merged_words
-    return merges
 
 
 def test_sennrich_example_step_by_step():
@@ -78,9 +48,10 @@ def test_prefix_tie_break():
 @settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.text(alphabet="abcde ", min_size=1, max_size=8), st.integers(1, 20), min_size=1,
                        max_size=25), st.integers(1, 30))
-def test_incremental_merges_equal_naive_recount(words, num_merges):
+def test_incremental_merges_equal_plain_recount(words, num_merges):
     word_counts = {tuple(word.encode()): count for word, count in words.items()}
-    expected = naive_bpe({tuple(bytes([b]) for b in word): c for word, c in word_counts.items()}, num_merges)
+    byte_words = {tuple(bytes([b]) for b in word): count for word, count in word_counts.items()}
+    expected = reference.merges_by_recount(byte_words, num_merges)
     vocab = {i: bytes([i]) for i in range(256)}
     assert learn_merges(word_counts, vocab, num_merges) == expected
     assert len(vocab) == 256 + len(expected)
@@ -122,14 +93,19 @@ def test_parallel_equals_single_process(tmp_path, data_dir):
     assert single == parallel
 
 
-def test_training_counts_match_regex_pretokenization(tmp_path):
-    text = "the cat sat.<|endoftext|>  the   dog\n\n sat!<|endoftext|>héllo wörld 123 4567"
+def test_training_equals_the_plain_reference(tmp_path):
+    """Special tokens, runs of whitespace, non-ASCII, digits: the same vocabulary and merges as the plain
+    recount-everything trainer (`reference.train_bpe`), which reads the text whole."""
+    text = "the cat sat.<|endoftext|>  the   dog\n\n sat!<|endoftext|>héllo wörld 123 4567 the cat's hat"
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
-    vocab, merges = train_bpe(path, 300, ["<|endoftext|>"])
-    counts = Counter(t for segment in text.split("<|endoftext|>") for t in pretokenize(segment))
-    word_counts = {tuple(1 + b for b in token.encode()): n for token, n in counts.items()}
-    assert merges == learn_merges(word_counts, initial_vocab(["<|endoftext|>"]), 300 - 257)
+    assert train_bpe(path, 300, ["<|endoftext|>"]) == reference.train_bpe(text, 300, ["<|endoftext|>"])
+
+
+def test_plain_reference_reproduces_the_course_reference(fixtures_dir):
+    text = (fixtures_dir / "corpus.en").read_text(encoding="utf-8")
+    vocab, merges = reference.train_bpe(text, 500, ["<|endoftext|>"])
+    assert (set(vocab.values()), merges) == _reference(fixtures_dir)
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,11 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from cs336_bpe import Tokenizer, word_sharing
+from cs336_bpe import Tokenizer
 from cs336_bpe.corpus import encode_file
+from cs336_bpe.parallel import word_sharing
+from cs336_bpe.parallel.word_sharing import BATCH_ENTRIES, WordExchange
 from cs336_bpe.pretokenize import PRETOKEN_RE
-from cs336_bpe.word_sharing import BATCH_ENTRIES, WordExchange
 
 FORK = multiprocessing.get_context("fork")
 

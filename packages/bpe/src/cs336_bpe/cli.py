@@ -82,16 +82,20 @@ def main():
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Directory to write vocab.json, merges.txt and special_tokens.json into.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes for pre-tokenization [all cores].")
+@click.option("--max-pretokens", type=click.IntRange(min=1), default=None,
+              help="Keep at most this many distinct pre-tokens, dropping the rarest: bounds memory on web-sized "
+                   "text (about 0.8 KB each at vocab 32,000) [no cap: exact].")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @_friendly_errors
-def train(input_path, vocab_size, special_tokens, no_special_tokens, out_dir, workers, progress):
+def train(input_path, vocab_size, special_tokens, no_special_tokens, out_dir, workers, max_pretokens, progress):
     """Train a tokenizer on INPUT_PATH, a UTF-8 text file."""
     started = time.perf_counter()
     special_tokens = [] if no_special_tokens else list(special_tokens)
     ensure_writable_directory(out_dir)  # fail before training, not after
     progress_bar = _Progress(progress)
     try:
-        vocab, merges = train_bpe(input_path, vocab_size, special_tokens, workers, on_progress=progress_bar)
+        vocab, merges = train_bpe(input_path, vocab_size, special_tokens, workers, on_progress=progress_bar,
+                                  max_pretokens=max_pretokens)
     finally:
         progress_bar.close()
     tokenizer = Tokenizer(vocab, merges, special_tokens)
@@ -173,7 +177,7 @@ def stats(tokenizer_dir, text_path, other_dir, top):
         for token_id, token in longest_tokens(tokenizer, top):
             click.echo(f"  {token_id:>7}  {len(token):>3} bytes  {token.decode('utf-8', errors='replace')!r}")
     if text_path is not None:
-        from cs336_bpe.chunking import check_text_file, decode_chunk
+        from cs336_bpe.text_files import check_text_file, decode_chunk
 
         check_text_file(text_path)
         text = decode_chunk(Path(text_path).read_bytes(), text_path, 0)

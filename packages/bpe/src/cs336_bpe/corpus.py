@@ -8,8 +8,8 @@ Output, for ``encode_file(tokenizer, "train.txt", "train.bin")``:
 - ``train.bin.json``: ``{"format": ..., "dtype": "uint16", "num_tokens": ..., "vocab_size": ...,
   "tokenizer_fingerprint": ..., "source": ..., "source_bytes": ...}``. The trainer checks it before use.
 
-The file is processed in chunks cut at special tokens (see `chunking`), encoded in parallel by several
-processes (see `chunk_workers`) and written in order, so memory stays bounded by a few chunks whatever the file
+The file is processed in chunks cut at special tokens (see `parallel.chunking`), encoded in parallel by several
+processes (see `parallel.file_encoding`) and written in order, so memory stays bounded by a few chunks whatever the file
 size. Output goes to a temporary name and is renamed only when complete: an interrupted run leaves no partial
 ``.bin`` (and no scratch files) behind. A run killed outright (SIGKILL runs no cleanup code) does leave its
 scratch files; the next run to the same output removes them (see `writer_lock`).
@@ -18,21 +18,19 @@ scratch files; the next run to the same output removes them (see `writer_lock`).
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from cs336_bpe.atomic import atomic_write, ensure_writable_directory
-from cs336_bpe.chunk_workers import ChunkWorkers, chunk_path, claim_chunks, encode_span, write_chunk
-from cs336_bpe.chunking import check_text_file, chunk_spans
-from cs336_bpe.counting import PARALLEL_MIN_BYTES, default_num_workers
 from cs336_bpe.errors import BPEInputError
+from cs336_bpe.parallel.chunking import chunk_spans
+from cs336_bpe.parallel.file_encoding import encode_spans
+from cs336_bpe.parallel.processes import workers_for
+from cs336_bpe.text_files import check_text_file
 from cs336_bpe.tokenizer import MAX_ID, Tokenizer, id_typecode
-from cs336_bpe.writer_lock import exclusive_writer, scratch_directory_prefix
+from cs336_bpe.writer_lock import exclusive_writer
 
 # v2: same layout as v1, but the tokenizer fingerprint is computed differently (faster); v1 files must be re-encoded.
 TOKEN_FILE_FORMAT = "cs336-tokens-v2"
@@ -58,46 +56,6 @@ def metadata_path(token_path: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(token_path)}.json")
 
 
-class _ChunksInOrder:
-    """Writes each chunk's ids to the output in file order, whichever process finished the chunk first.
-
-    A chunk that arrives in turn goes straight into the output; the others wait in the scratch directory (where
-    the worker processes also put theirs) until every chunk before them is in.
-    """
-
-    def __init__(self, handle: BinaryIO, scratch: Path, spans: list[tuple[int, int]], dtype: np.dtype,
-                 on_progress: Callable[[int, int], None] | None, file_size: int):
-        self.handle, self.scratch, self.spans, self.dtype = handle, scratch, spans, dtype
-        self.on_progress, self.file_size = on_progress, file_size
-        self.appended, self.num_tokens, self.bytes_done = 0, 0, 0  # chunks [0, appended) are in the output
-
-    def add(self, index: int, tokens: np.ndarray) -> None:
-        """Take a chunk this process encoded."""
-        if index == self.appended:
-            self.handle.write(tokens)
-            self._appended(len(tokens))
-        else:
-            write_chunk(self.scratch, index, tokens)
-        self.append_finished()
-
-    def append_finished(self) -> None:
-        """Append the finished chunks waiting in the scratch directory, as far as the order allows."""
-        while self.appended < len(self.spans) and (part := chunk_path(self.scratch, self.appended)).exists():
-            with open(part, "rb") as chunk_file:
-                shutil.copyfileobj(chunk_file, self.handle)
-            num_tokens = part.stat().st_size // self.dtype.itemsize
-            part.unlink()
-            self._appended(num_tokens)
-
-    def _appended(self, num_tokens: int) -> None:
-        start, end = self.spans[self.appended]
-        self.appended += 1
-        self.num_tokens += num_tokens
-        self.bytes_done += end - start
-        if self.on_progress is not None:
-            self.on_progress(self.bytes_done, self.file_size)
-
-
 def encode_file(
     tokenizer: Tokenizer,
     input_path: str | os.PathLike,
@@ -116,9 +74,7 @@ def encode_file(
     input_path, output_path = os.fspath(input_path), Path(output_path)
     file_size = check_text_file(input_path)
     dtype = token_dtype(tokenizer.vocab_size)
-    num_workers = num_workers or default_num_workers()
-    if file_size < PARALLEL_MIN_BYTES:
-        num_workers = 1
+    num_workers = workers_for(file_size, num_workers)
     # About eight chunks per process: once the last chunk is claimed, the other processes finish soon after.
     spans = chunk_spans(input_path, min(ENCODE_CHUNK_BYTES, -(-file_size // (8 * num_workers))),
                         tokenizer.special_tokens)
@@ -132,37 +88,13 @@ def encode_file(
             megabytes = sum(size for _, size in removed) / 1e6
             note(f"removed {len(removed)} leftover file(s) ({megabytes:.1f} MB) of an earlier encode to "
                  f"{str(output_path)!r} that was killed before it could clean up")
-        return _encode_spans(tokenizer, input_path, spans, dtype, output_path, num_workers, on_progress)
-
-
-def _encode_spans(tokenizer: Tokenizer, input_path: str, spans: list[tuple[int, int]], dtype: np.dtype,
-                  output_path: Path, num_workers: int, on_progress: Callable[[int, int], None] | None) -> dict:
-    """Encode the spans of the input in `num_workers` processes, into the token file and then its metadata."""
-    file_size = spans[-1][1]  # the spans cover the whole file
-    # The workers are joined last, when leaving the outer block: they exit while we finish writing the files.
-    with (
-        tempfile.TemporaryDirectory(dir=output_path.parent, prefix=scratch_directory_prefix(output_path)) as scratch,
-        ChunkWorkers(num_workers - 1, tokenizer, input_path, spans, dtype, Path(scratch)) as workers,
-    ):
-        with atomic_write(output_path, "wb") as handle:
-            output = _ChunksInOrder(handle, Path(scratch), spans, dtype, on_progress, file_size)
-            fingerprint = tokenizer.fingerprint()  # computed while the workers start
-            for index in claim_chunks(len(spans), workers.next_chunk):
-                output.add(index, encode_span(tokenizer, input_path, spans[index], dtype))
-                workers.raise_failure()
-            while output.appended < len(spans) and workers.wait(timeout=1.0):
-                output.append_finished()
-            output.append_finished()
-            if output.appended < len(spans):
-                workers.raise_death()
-                raise RuntimeError(f"only {output.appended} of {len(spans)} chunks were encoded")
-
+        num_tokens = encode_spans(tokenizer, input_path, spans, dtype, output_path, num_workers, on_progress)
         metadata = {
             "format": TOKEN_FILE_FORMAT,
             "dtype": dtype.name,
-            "num_tokens": output.num_tokens,
+            "num_tokens": num_tokens,
             "vocab_size": tokenizer.vocab_size,
-            "tokenizer_fingerprint": fingerprint,
+            "tokenizer_fingerprint": tokenizer.fingerprint(),
             "special_tokens": tokenizer.special_tokens,
             "source": os.path.abspath(input_path),
             "source_bytes": file_size,

@@ -1,7 +1,8 @@
 """Count the pre-tokens of a text file, in parallel over chunks, in memory bounded by distinct pre-tokens.
 
-The file is never read whole: it is cut into chunks at special tokens (see `chunking`), each worker process
-reads and counts its own chunks, and only the counts (one entry per distinct pre-token) travel back.
+The file is never read whole: it is cut into chunks at special tokens (see `parallel.chunking`), each worker
+process reads and counts its own chunks (`parallel.processes`), and only the counts (one entry per distinct
+pre-token) travel back.
 
 Memory grows with the number of distinct pre-tokens, not with the file, but on web text that number keeps
 growing (names, numbers, typos, URLs ...). `max_pretokens` caps it: whenever the running counts hold more
@@ -9,30 +10,24 @@ distinct pre-tokens than that, the rarest are dropped (`drop_rarest`). They are 
 to BPE, whose merges are decided by the most frequent pairs; BENCHMARKS.md measures what a cap changes.
 """
 
-import multiprocessing
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 
-from cs336_bpe.chunking import chunk_spans, read_span
+from cs336_bpe.parallel.chunking import chunk_spans, read_span
+from cs336_bpe.parallel.processes import map_in_processes, workers_for
 from cs336_bpe.pretokenize import count_pretokens, special_tokens_pattern
 
-# Below this size one process is faster than starting workers.
-PARALLEL_MIN_BYTES = 1 << 20
 # Chunks bound each worker's memory (the decoded text of one chunk) while keeping scheduling overhead low.
 MAX_CHUNK_BYTES = 16 << 20
 
 
-def default_num_workers() -> int:
-    """The number of CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _count_span(job: tuple[str, int, int, list[str]]) -> Counter[str]:
-    path, start, end, special_tokens = job
-    return count_pretokens(read_span(path, start, end), special_tokens_pattern(special_tokens))
+def _count_span(job: tuple[str, int, int, re.Pattern[str] | None]) -> Counter[str]:
+    path, start, end, special_re = job
+    return count_pretokens(read_span(path, start, end), special_re)
 
 
 def drop_rarest(counts: Counter[str], max_pretokens: int) -> None:
@@ -65,32 +60,19 @@ def count_file_pretokens(
     after each chunk that pushes them over it."""
     path = os.fspath(path)
     file_size = os.path.getsize(path)
-    num_workers = num_workers or default_num_workers()
-    if file_size < PARALLEL_MIN_BYTES:
-        num_workers = 1
+    num_workers = workers_for(file_size, num_workers)
     # About four chunks per worker keeps both workers busy until the end. With a cap, what is dropped depends
     # on where chunks end, so the chunks must not depend on the number of workers: eight, as with two workers.
     chunks_wanted = 8 if max_pretokens is not None else 4 * num_workers
     chunk_bytes = min(MAX_CHUNK_BYTES, -(-file_size // chunks_wanted))  # rounded up: not one chunk too many
-    jobs = [(path, start, end, special_tokens) for start, end in chunk_spans(path, chunk_bytes, special_tokens)]
+    special_re = special_tokens_pattern(special_tokens)
+    jobs = [(path, start, end, special_re) for start, end in chunk_spans(path, chunk_bytes, special_tokens)]
 
     totals: Counter[str] = Counter()
-
-    def add(job, counts):
+    for (_, start, end, _), counts in zip(jobs, map_in_processes(_count_span, jobs, num_workers), strict=True):
         totals.update(counts)
         if max_pretokens is not None:
             drop_rarest(totals, max_pretokens)
         if on_progress is not None:
-            on_progress(job[2] - job[1])
-
-    if num_workers == 1:
-        for job in jobs:
-            add(job, _count_span(job))
-        return totals
-    # "fork" shares the already-imported modules with the workers; fall back to the default elsewhere.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with context.Pool(num_workers) as pool:
-        for job, counts in zip(jobs, pool.imap(_count_span, jobs), strict=True):
-            add(job, counts)
+            on_progress(end - start)
     return totals

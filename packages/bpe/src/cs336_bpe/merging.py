@@ -1,5 +1,9 @@
 """The BPE merge loop: count pairs, merge the most frequent, update only what changed.
 
+The plain version is `reference.merges_by_recount` (handout §2.4), and this one returns the same merges. It
+updates the pair counts by difference and keeps the pre-tokens in one numpy array, because recounting every pair
+after every merge costs O(merges x corpus), far too slow for web text at a 32,000-token vocabulary.
+
     count every adjacent pair inside each pre-token, times the pre-token's count
     repeat until the vocabulary is full:
         take the most frequent pair (a, b) (ties: the greater pair of byte strings) and name it t
@@ -29,8 +33,8 @@ Storage is numpy, not a Python list per pre-token: all distinct pre-tokens sit e
 token where a list of ints costs 8 to 36, and it lets the first merges, which touch hundreds of thousands of
 pre-tokens (``" t"``, ``"he"``, ``"in"`` ...), run as a dozen array operations over all of them at once
 (`_merge_many`). Most later merges touch one to a few pre-tokens, where a plain Python loop is cheaper than
-setting up array operations (`_merge_few`); both compute the same thing, and the tests hold both to a
-recount-everything reference.
+setting up array operations (`_merge_few`); both compute the same thing, and the tests hold both to
+`reference.merges_by_recount`.
 
 Ties break toward the lexicographically greater pair of byte strings (the handout's rule). heapq pops the
 *smallest* entry, so each token gets a key that sorts in the *reverse* of its bytes' order (see `_descending_key`).

@@ -58,14 +58,41 @@ _NON_BOUNDARY_SPACE_RE = re.compile(r" (?!\S)")
 SPACE_MARKER = "\ud800"
 
 
-def special_tokens_pattern(special_tokens: list[str], capture: bool = False) -> re.Pattern[str] | None:
+def validate_special_tokens(special_tokens: list[str] | None) -> list[str]:
+    """Reject empty, non-string and duplicate special tokens; return them as a list.
+
+    Each entry point runs it once (`train_bpe`, `Tokenizer`); what they call trusts the list it is given.
+    """
+    special_tokens = list(special_tokens or [])
+    for token in special_tokens:
+        if not isinstance(token, str) or token == "":
+            raise BPEInputError(f"special token {token!r} is not a non-empty string; remove it or give text")
+    duplicates = sorted({token for token in special_tokens if special_tokens.count(token) > 1})
+    if duplicates:
+        raise BPEInputError(f"special tokens {duplicates} are given more than once; list each token once")
+    return special_tokens
+
+
+def special_tokens_pattern(
+    special_tokens: list[str], capture: bool = False, as_bytes: bool = False
+) -> re.Pattern | None:
     """A regex matching any special token, longest first so that overlapping tokens resolve to the longest.
+
+    `capture`: one group around the match (``split`` then keeps the tokens). `as_bytes`: a pattern over the
+    UTF-8 bytes of a file, for finding chunk boundaries (`parallel.chunking`), instead of over text.
 
     >>> special_tokens_pattern(["<|eot|>", "<|eot|><|eot|>"]).findall("a<|eot|><|eot|>b")
     ['<|eot|><|eot|>']
+    >>> special_tokens_pattern(["<|eot|>"], as_bytes=True).findall(b"a<|eot|>b")
+    [b'<|eot|>']
     """
     if not special_tokens:
         return None
+    if as_bytes:
+        # Longest in bytes: with multi-byte characters, that order can differ from the order in characters.
+        encoded = sorted((token.encode("utf-8") for token in special_tokens), key=len, reverse=True)
+        alternatives = b"|".join(map(re.escape, encoded))
+        return re.compile(b"(" + alternatives + b")" if capture else alternatives)
     alternatives = "|".join(re.escape(token) for token in sorted(special_tokens, key=len, reverse=True))
     return re.compile(f"({alternatives})" if capture else alternatives)
 

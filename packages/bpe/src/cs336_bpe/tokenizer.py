@@ -1,7 +1,9 @@
 """`Tokenizer`: encode text to token ids and decode ids back, given a vocabulary and merges.
 
-Encoding one pre-token applies the merges in the order they were learned: repeatedly find the adjacent pair
-with the lowest merge rank and merge every occurrence of it, until no adjacent pair is a merge.
+The plain version is `reference.encode` (handout §2.6.1): pre-tokenize, then in each pre-token repeatedly merge
+the adjacent pair with the lowest merge rank. This module gives the same ids, but caches each distinct
+fragment's encoding and packs ids as machine integers, because re-running the regex and the merges for every
+repeated word is what makes the plain version slow.
 
     >>> vocab = {0: b"<|eot|>", **{1 + b: bytes([b]) for b in range(256)}, 257: b"he", 258: b" the"}
     >>> vocab[259] = b" t"
@@ -24,7 +26,6 @@ from array import array
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,11 +40,8 @@ from cs336_bpe.pretokenize import (
     split_blocks,
     split_fragments,
     unmark_spaces,
+    validate_special_tokens,
 )
-from cs336_bpe.training import validate_special_tokens
-
-if TYPE_CHECKING:
-    from cs336_bpe.word_sharing import WordExchange
 
 VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 SAVE_FORMATS = ("gpt2", "hf", "tiktoken")  # see `Tokenizer.save`
@@ -59,24 +57,21 @@ def id_typecode(vocab_size: int) -> str:
     return "H" if vocab_size <= 1 << 16 else next(code for code in "IL" if array(code).itemsize == 4)
 
 
-class _PretokenCache(dict):
-    """pre-token -> its token ids, packed; a miss runs BPE on the pre-token's bytes."""
+class PretokenCache(dict):
+    """pre-token -> its token ids, packed; a miss runs BPE on the pre-token's bytes.
+
+    A subclass may add to what a miss does (`parallel.word_sharing.SharingPretokenCache` first looks for the
+    word among those other processes have encoded); `Tokenizer.pretoken_cache` installs it.
+    """
 
     def __init__(self, bpe, id_typecode: str):
         super().__init__()
         self.bpe, self.id_typecode = bpe, id_typecode
-        self.exchange = None  # a `word_sharing.WordExchange` while several processes encode one file
 
     def __missing__(self, pretoken: str) -> bytes:
         if len(self) >= CACHE_MAX_ENTRIES:  # bounds memory on endless streams of new words
             self.clear()
-        if self.exchange is not None:
-            self.exchange.receive(self)
-            if pretoken in self:  # another process encoded it first
-                return self[pretoken]
         packed = self[pretoken] = array(self.id_typecode, self.bpe(pretoken.encode("utf-8"))).tobytes()
-        if self.exchange is not None:
-            self.exchange.publish(pretoken, packed)
         return packed
 
 
@@ -84,10 +79,10 @@ class _FragmentCache(dict):
     """fragment (from `split_fragments`) -> the packed ids of ``prefix + fragment``; a miss pre-tokenizes it.
 
     One instance holds a text's first fragments (prefix ""), another all the others, which lost their leading
-    space to the cut (prefix " "). Both look their pre-tokens up in the same `_PretokenCache`.
+    space to the cut (prefix " "). Both look their pre-tokens up in the same `PretokenCache`.
     """
 
-    def __init__(self, pretokens: _PretokenCache, prefix: str):
+    def __init__(self, pretokens: PretokenCache, prefix: str):
         super().__init__()
         self.pretokens, self.prefix = pretokens, prefix
 
@@ -179,9 +174,8 @@ class Tokenizer:
         self._special_token_packed = {token: array(self.id_typecode, [token_id]).tobytes()
                                       for token, token_id in self.special_token_ids.items()}
         self._fingerprint: str | None = None
-        self._pretoken_cache = _PretokenCache(self._bpe, self.id_typecode)
-        self._leading_cache = _FragmentCache(self._pretoken_cache, prefix="")
-        self._spaced_cache = _FragmentCache(self._pretoken_cache, prefix=" ")
+        self._leading_cache = _FragmentCache(PretokenCache(self._bpe, self.id_typecode), prefix="")
+        self._spaced_cache = _FragmentCache(self._leading_cache.pretokens, prefix=" ")
 
     # ----------------------------------------------------------------------------------------- loading/saving
     @classmethod
@@ -236,10 +230,18 @@ class Tokenizer:
                 handle.write("\n")
         return directory
 
-    def share_new_words(self, exchange: "WordExchange | None") -> None:
-        """Publish the pre-tokens this tokenizer runs BPE on, and before each BPE run take what other processes
-        have published (see `word_sharing`); None stops it. Used by `corpus.encode_file` while it runs."""
-        self._pretoken_cache.exchange = exchange
+    @property
+    def pretoken_cache(self) -> PretokenCache:
+        """The cache from pre-token to packed ids that both fragment caches fill their misses from.
+
+        Assigning installs another one (e.g. a subclass that adds to what a miss does). Its entries must be this
+        tokenizer's own encodings: the fragment caches keep what they already hold.
+        """
+        return self._leading_cache.pretokens
+
+    @pretoken_cache.setter
+    def pretoken_cache(self, cache: PretokenCache) -> None:
+        self._leading_cache.pretokens = self._spaced_cache.pretokens = cache
 
     @property
     def vocab_size(self) -> int:

@@ -1,5 +1,9 @@
 """Train a byte-level BPE tokenizer: `train_bpe(path, vocab_size, special_tokens) -> (vocab, merges)`.
 
+The plain version is `reference.train_bpe` (handout §2.4), and this one gives the same vocabulary and merges.
+It reads the file in chunks, counts pre-tokens in several processes (`counting`) and merges incrementally
+(`merging`), because the plain version holds the whole text and recounts every pair after every merge.
+
 Vocabulary layout (ids 0..vocab_size-1, no gaps):
 
     [special tokens, in the order given] [the 256 single bytes, in byte order] [one token per merge, in order]
@@ -11,25 +15,14 @@ the first merge. Special tokens never take part in merges: the text is split on 
 import os
 from collections.abc import Callable
 
-from cs336_bpe.chunking import check_text_file
 from cs336_bpe.counting import count_file_pretokens
 from cs336_bpe.errors import BPEInputError
 from cs336_bpe.merging import PretokenTable, learn_merges
+from cs336_bpe.pretokenize import validate_special_tokens
+from cs336_bpe.text_files import check_text_file
 
 Vocab = dict[int, bytes]
 Merges = list[tuple[bytes, bytes]]
-
-
-def validate_special_tokens(special_tokens: list[str] | None) -> list[str]:
-    """Reject empty, non-string and duplicate special tokens; return them as a list."""
-    special_tokens = list(special_tokens or [])
-    for token in special_tokens:
-        if not isinstance(token, str) or token == "":
-            raise BPEInputError(f"special token {token!r} is not a non-empty string; remove it or give text")
-    duplicates = sorted({token for token in special_tokens if special_tokens.count(token) > 1})
-    if duplicates:
-        raise BPEInputError(f"special tokens {duplicates} are given more than once; list each token once")
-    return special_tokens
 
 
 def initial_vocab(special_tokens: list[str]) -> Vocab:

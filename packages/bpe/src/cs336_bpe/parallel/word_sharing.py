@@ -22,12 +22,19 @@ publishing, and a lock held for over `LOCK_TIMEOUT_SECONDS` (its holder was kill
 holds it) ends the sharing with that log instead of waiting forever.
 
 Only processes started by ``fork`` share (they inherit the memory map); elsewhere each process works alone.
+
+The `Tokenizer` knows nothing of this: `sharing_words` swaps its pre-token cache for a `SharingPretokenCache`
+while the processes run, and puts the plain one back afterwards.
 """
 
+import contextlib
 import marshal
 import mmap
 import struct
+from collections.abc import Iterator
 from multiprocessing.context import BaseContext
+
+from cs336_bpe.tokenizer import PretokenCache, Tokenizer
 
 # All the logs together: about 800,000 entries. This also bounds what one `receive` can add to a cache (about
 # 100 MB as Python objects, at worst), however many processes there are. Only pages actually written take memory.
@@ -109,3 +116,39 @@ class WordExchange:
 
     def close(self) -> None:
         self.memory.close()
+
+
+class SharingPretokenCache(PretokenCache):
+    """A tokenizer's pre-token cache whose misses go through `exchange`: take the others' news, and only then
+    run BPE on a word nobody has published, and publish it."""
+
+    def __init__(self, cache: PretokenCache, exchange: WordExchange):
+        super().__init__(cache.bpe, cache.id_typecode)
+        self.update(cache)
+        self.exchange = exchange
+
+    def __missing__(self, pretoken: str) -> bytes:
+        self.exchange.receive(self)
+        if pretoken in self:  # another process encoded it first
+            return self[pretoken]
+        packed = super().__missing__(pretoken)
+        self.exchange.publish(pretoken, packed)
+        return packed
+
+
+@contextlib.contextmanager
+def sharing_words(tokenizer: Tokenizer, exchange: WordExchange | None) -> Iterator[None]:
+    """While inside, `tokenizer` shares the words it encodes through `exchange` (None: it does not share).
+
+    Enter before forking, so that the workers inherit the sharing cache. On leaving, the tokenizer gets its plain
+    cache back, with everything the sharing one learnt."""
+    if exchange is None:
+        yield
+        return
+    plain = tokenizer.pretoken_cache
+    sharing = tokenizer.pretoken_cache = SharingPretokenCache(plain, exchange)
+    try:
+        yield
+    finally:
+        plain.update(sharing)
+        tokenizer.pretoken_cache = plain

@@ -1,5 +1,8 @@
 """Cut a large text file into chunks that can be pre-tokenized or encoded independently, in parallel.
 
+Used by `counting` (chunks bound the memory of each counting process) and `corpus` (chunks are what the
+encoding processes claim, see `chunk_workers`).
+
 A chunk boundary must not change the result: the pieces of the file, processed one by one, must give exactly
 what the whole file gives. Two kinds of places are safe (see `pretokenize`):
 
@@ -13,51 +16,12 @@ target offsets, so finding the boundaries of a 10 GB file costs a few reads, not
 
 import os
 import re
-from pathlib import Path
 
-from cs336_bpe.errors import BPEInputError
+from cs336_bpe.pretokenize import special_tokens_pattern
+from cs336_bpe.text_files import decode_chunk
 
 WINDOW_BYTES = 1 << 16  # how far we read at a time when looking for a boundary
 _FRAGMENT_BOUNDARY_BYTES_RE = re.compile(rb" (?=[!-~])")
-
-
-def check_text_file(path: str | os.PathLike) -> int:
-    """Check that `path` is a non-empty, non-binary file and return its size in bytes."""
-    path = Path(path)
-    if not path.exists():
-        raise BPEInputError(f"input file {str(path)!r} does not exist; pass the path of a UTF-8 text file")
-    if not path.is_file():
-        raise BPEInputError(f"input {str(path)!r} is not a regular file; pass the path of a UTF-8 text file")
-    size = path.stat().st_size
-    if size == 0:
-        raise BPEInputError(f"input file {str(path)!r} is empty; pass a file with some text in it")
-    with path.open("rb") as handle:
-        head = handle.read(WINDOW_BYTES)
-    if b"\x00" in head:
-        raise BPEInputError(
-            f"input file {str(path)!r} contains NUL bytes at offset {head.index(0)}: it looks binary, "
-            "not like UTF-8 text; pass a text file"
-        )
-    return size
-
-
-def decode_chunk(data: bytes, path: str | os.PathLike, offset: int) -> str:
-    """Decode one chunk as strict UTF-8; name the file and absolute byte offset of the first bad byte."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        position = offset + error.start
-        raise BPEInputError(
-            f"input file {str(path)!r} is not valid UTF-8: byte {data[error.start]:#04x} at offset {position} "
-            f"({error.reason}); convert it to UTF-8 first (e.g. `iconv -f latin1 -t utf-8`)"
-        ) from None
-
-
-def _special_tokens_bytes_re(special_tokens: list[str]) -> re.Pattern[bytes] | None:
-    if not special_tokens:
-        return None
-    encoded = sorted((token.encode("utf-8") for token in special_tokens), key=len, reverse=True)
-    return re.compile(b"|".join(re.escape(token) for token in encoded))
 
 
 def _next_boundary(
@@ -92,7 +56,7 @@ def chunk_spans(
     """
     special_tokens = special_tokens or []
     file_size = os.path.getsize(path)
-    special_re = _special_tokens_bytes_re(special_tokens)
+    special_re = special_tokens_pattern(special_tokens, as_bytes=True)
     max_special = max((len(token.encode("utf-8")) for token in special_tokens), default=0)
     desired_chunk_bytes = max(1, desired_chunk_bytes)
     boundaries = [0]

@@ -3,7 +3,7 @@
 The main process and ``num_workers - 1`` worker processes share one counter: the index of the next chunk
 nobody has claimed yet. A process claims a chunk, encodes it, writes its ids to ``<scratch>/<index>.bin`` and
 claims the next. A slow chunk therefore delays only the process that has it. The main process appends the
-finished files to the output in chunk order (see `corpus.encode_file`).
+finished files to the output in chunk order (see `file_encoding`).
 
 Two choices here are about speed on a small machine:
 
@@ -33,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cs336_bpe.chunking import read_span
 from cs336_bpe.errors import BPEInputError
+from cs336_bpe.parallel.chunking import read_span
+from cs336_bpe.parallel.processes import fork_context
+from cs336_bpe.parallel.word_sharing import WordExchange, sharing_words
 from cs336_bpe.tokenizer import Tokenizer
-from cs336_bpe.word_sharing import WordExchange
 
 Span = tuple[int, int]
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -112,7 +113,8 @@ def _work(tokenizer: Tokenizer, path: str, spans: list[Span], dtype: np.dtype, s
           exchange: WordExchange | None, process_number: int, parent_pid: int | None) -> None:
     """A worker process: encode claimed chunks into `scratch`; send each one's index, or the error that stopped it.
 
-    `exchange` is the tokenizer's own, inherited through fork: this process writes its log `process_number`.
+    `exchange` is the one the tokenizer shares through (`sharing_words`), inherited through fork: this process
+    writes its log `process_number`.
     `parent_pid` is the main process, which this one must not outlive (None: do not watch it).
     """
     try:
@@ -142,8 +144,7 @@ class ChunkWorkers:
 
     def __init__(self, count: int, tokenizer: Tokenizer, path: str, spans: list[Span], dtype: np.dtype,
                  scratch: Path):
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        context = fork_context()
         self.next_chunk = context.Value("q", 0) if count else None
         # Forked processes share the words they encode (see `word_sharing`); the main process is number 0.
         self.tokenizer = tokenizer
@@ -158,7 +159,8 @@ class ChunkWorkers:
             self._senders.append(sender)
 
     def __enter__(self) -> "ChunkWorkers":
-        self.tokenizer.share_new_words(self.exchange)  # before the fork, so that the workers inherit it
+        self._sharing = sharing_words(self.tokenizer, self.exchange)
+        self._sharing.__enter__()  # before the fork, so that the workers inherit it
         try:
             for process, sender in zip(self._processes, self._senders, strict=True):
                 process.start()
@@ -201,7 +203,7 @@ class ChunkWorkers:
                                    "(out of memory?)")
 
     def __exit__(self, exc_type, *_) -> None:
-        self.tokenizer.share_new_words(None)
+        self._sharing.__exit__(None, None, None)
         if self.exchange is not None:
             self.exchange.close()
         for process in self._processes:
