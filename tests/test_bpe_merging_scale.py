@@ -88,12 +88,18 @@ def test_merging_updates_the_table_in_place():
     assert np.array_equal(table.counts, [2, 1])
 
 
-def test_drop_rarest_drops_ties_together():
+def test_drop_rarest_keeps_exactly_the_cap_breaking_ties_toward_the_greater_pretoken():
     counts = Counter({"the": 9, "cat": 2, "sat": 2, "on": 3, "zyx": 1})
-    drop_rarest(counts, 3)  # the 4th largest count is 2: both 2s go, even though that leaves 2 entries
-    assert counts == Counter({"the": 9, "on": 3})
+    drop_rarest(counts, 3)  # the 3rd largest count is 2, shared by cat and sat: the greater one, sat, stays
+    assert counts == Counter({"the": 9, "on": 3, "sat": 2})
     drop_rarest(counts, 5)  # under the cap: nothing to do
-    assert counts == Counter({"the": 9, "on": 3})
+    assert counts == Counter({"the": 9, "on": 3, "sat": 2})
+    # all tied (the case that used to drop everything): exactly the cap remains, the same whatever the order
+    words = [f"w{i:04d}" for i in range(3000)]
+    forward, backward = Counter(dict.fromkeys(words, 1)), Counter(dict.fromkeys(reversed(words), 1))
+    drop_rarest(forward, 100)
+    drop_rarest(backward, 100)
+    assert forward == backward and len(forward) == 100 and min(forward) == "w2900"
 
 
 @pytest.fixture

@@ -137,3 +137,24 @@ def test_a_run_saved_before_newer_settings_existed_still_matches_its_config(toke
     changed = config.to_dict()
     changed["model"]["num_layers"] = 3
     assert config_differences(with_current_defaults(changed), config.to_dict())  # a real change still shows
+
+
+def test_the_final_checkpoint_is_written_once_and_a_budget_stopped_run_resumes_to_nothing(token_files, tmp_path,
+                                                                                         monkeypatch):
+    from cs336_train import train
+    from cs336_train.run_directory import RunDirectory
+
+    saves = []
+    original = RunDirectory.save_checkpoint
+    monkeypatch.setattr(RunDirectory, "save_checkpoint",
+                        lambda self, state, **options: saves.append(state["iteration"]) or original(self, state,
+                                                                                                     **options))
+    train(tiny_config(token_files, steps=20, checkpoint_interval=10), tmp_path / "run")
+    assert saves == [10, 20]  # not [10, 20, 20]: the last step's checkpoint is the final one
+
+    budgeted = train(tiny_config(token_files, steps=100_000, time_budget_s=0.5), tmp_path / "budget")
+    assert budgeted.stopped_by == "time budget"
+    files = sorted(p.name for p in (tmp_path / "budget" / "checkpoints").iterdir())
+    again = train(tiny_config(token_files, steps=100_000, time_budget_s=0.5), tmp_path / "budget", resume=True)
+    assert (again.steps, again.stopped_by) == (budgeted.steps, "time budget")  # no extra step, no new checkpoint
+    assert sorted(p.name for p in (tmp_path / "budget" / "checkpoints").iterdir()) == files

@@ -31,19 +31,24 @@ def _count_span(job: tuple[str, int, int, re.Pattern[str] | None]) -> Counter[st
 
 
 def drop_rarest(counts: Counter[str], max_pretokens: int) -> None:
-    """Keep at most `max_pretokens` entries of `counts`, in place: drop every entry whose count is at or below
-    the (max_pretokens + 1)-th largest count. Ties go all together, so the result does not depend on the
-    order of the entries, at the price of sometimes keeping fewer than `max_pretokens`.
+    """Keep the `max_pretokens` most frequent entries of `counts`, in place. Among entries with the same count at
+    the cut, the lexicographically greater pre-tokens stay (as BPE breaks its ties), so the result does not depend
+    on the order of the entries, and exactly `max_pretokens` remain even when many counts tie.
 
     >>> counts = Counter({"the": 9, "cat": 2, "sat": 2, "zyx": 1})
     >>> drop_rarest(counts, 2); counts
-    Counter({'the': 9})
+    Counter({'the': 9, 'sat': 2})
     """
     if len(counts) <= max_pretokens:
         return
     values = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
-    threshold = int(np.partition(values, len(values) - max_pretokens - 1)[len(values) - max_pretokens - 1])
-    for pretoken in [pretoken for pretoken, count in counts.items() if count <= threshold]:
+    # the max_pretokens-th largest count: everything above it stays, and ties at it fill the remaining places
+    threshold = int(np.partition(values, len(values) - max_pretokens)[len(values) - max_pretokens])
+    kept_above = sum(1 for count in counts.values() if count > threshold)
+    tied = sorted((pretoken for pretoken, count in counts.items() if count == threshold), reverse=True)
+    dropped = tied[max_pretokens - kept_above:]
+    dropped += [pretoken for pretoken, count in counts.items() if count < threshold]
+    for pretoken in dropped:
         del counts[pretoken]
 
 

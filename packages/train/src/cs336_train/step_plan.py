@@ -47,7 +47,8 @@ def read_points(step: int, run: RunConfig) -> ReadPoints:
         measures=bool(run.stats_interval) and (step % run.stats_interval == 0 or step == 1),
         logs=step % run.log_interval == 0 or step == run.steps or step == 1,
         validates=bool(run.eval_interval) and step % run.eval_interval == 0 and step < run.steps,
-        checkpoints=bool(run.checkpoint_interval) and step % run.checkpoint_interval == 0,
+        # The last step's validation and checkpoint are the run's final ones, written once by the loop's `finish`.
+        checkpoints=bool(run.checkpoint_interval) and step % run.checkpoint_interval == 0 and step < run.steps,
     )
 
 

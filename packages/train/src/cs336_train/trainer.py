@@ -97,8 +97,9 @@ def _train(config: TrainConfig, run_directory: RunDirectory, dist: distributed.D
     state = _initial_state(config, train_tokens, device, dist)
     if resume:
         checkpoint = _resume(state, run_directory, resume_from, config, fingerprint, device, dist)
-        if state.progress.step >= run.steps:
-            return _already_finished(state.progress, run, checkpoint, run_directory, dist)
+        budget_spent = bool(run.time_budget_s) and state.progress.wall_s >= run.time_budget_s
+        if state.progress.step >= run.steps or budget_spent:
+            return _already_finished(state.progress, run, checkpoint, run_directory, dist, budget_spent)
 
     # What every step uses and none changes, and where the run reports.
     compile_backend, compile_note = runtime.compile_plan(run.compile, device)
@@ -109,8 +110,7 @@ def _train(config: TrainConfig, run_directory: RunDirectory, dist: distributed.D
                           DivergenceWatch(device, sum(len(group) for group in groups.parameters)))
     peak_flops = run.peak_tflops * 1e12 or runtime.measure_matmul_peak(device, run.precision)
     log = TrainingLog.start(config, run_directory.path, state.progress, dist.is_main, peak_flops)
-    loop = _Loop(config, run_directory, state, context, valid_tokens, fingerprint, log,
-                 last_saved_step=state.progress.step if resume else None)
+    loop = _Loop(config, run_directory, state, context, valid_tokens, fingerprint, log)
     log.say(f"training {run.steps - state.progress.step:,} steps of {loop.tokens_per_step:,} tokens on {device} "
             f"({run.precision}{', compiled' if compile_backend else ''}); the first step includes warm-up")
     state.model.train()
@@ -136,11 +136,9 @@ class _Loop:
     """The loop and what it does at read points, over the pieces `_train` set up once."""
 
     def __init__(self, config: TrainConfig, run_directory: RunDirectory, state: TrainingState, context: StepContext,
-                 valid_tokens: np.ndarray, tokenizer_fingerprint: str | None, log: TrainingLog,
-                 last_saved_step: int | None):
+                 valid_tokens: np.ndarray, tokenizer_fingerprint: str | None, log: TrainingLog):
         self.config, self.run_directory, self.state, self.context = config, run_directory, state, context
         self.valid_tokens, self.tokenizer_fingerprint, self.log = valid_tokens, tokenizer_fingerprint, log
-        self.last_saved_step = last_saved_step  # the step of the newest checkpoint (None: none yet)
         self.tokens_per_step = config.run.batch_size * config.model.context_length
 
     def run_steps(self, stop: StopSignal) -> str:
@@ -175,12 +173,11 @@ class _Loop:
         return "steps"
 
     def finish(self) -> float:
-        """After the last step: validate, and save unless the last step's checkpoint is already the newest and
-        this validation is not a new best. Returns the validation loss."""
+        """After the last step: validate and save the final checkpoint (the last step is never a planned
+        checkpoint, see step_plan.read_points). Returns the validation loss."""
         self._raise_if_diverged()
         valid_loss = self._validate()
-        if self.last_saved_step != self.state.progress.step or valid_loss < self.state.progress.best_val_loss:
-            self._save(valid_loss)
+        self._save(valid_loss)
         return valid_loss
 
     def _report(self, plan: StepPlan, result: StepResult) -> None:
@@ -219,7 +216,6 @@ class _Loop:
         """A checkpoint of the state now, written by the main process (the others only keep count)."""
         self._raise_if_diverged()  # never a checkpoint of weights that saw a non-finite step
         is_best = self.state.progress.record_validation(valid_loss)
-        self.last_saved_step = self.state.progress.step
         if self.context.dist.is_main:
             save_training_state(self.run_directory, self.state, self.config, self.tokenizer_fingerprint,
                                 valid_loss, is_best)
@@ -289,14 +285,17 @@ def _resume(state: TrainingState, run_directory: RunDirectory, which: str | Path
 
 
 def _already_finished(progress: Progress, run: RunConfig, checkpoint: dict, run_directory: RunDirectory,
-                      dist: distributed.Distributed) -> TrainResult:
-    """A resume of a run that has done all its steps: nothing to train, the result as it was."""
+                      dist: distributed.Distributed, budget_spent: bool = False) -> TrainResult:
+    """A resume of a run that has done all its steps, or spent its time budget: nothing to train, the result as
+    it was."""
     last = checkpoint.get("valid_loss")
-    _say(f"the run already finished: {progress.step} of {run.steps} steps"
-         + (f", validation loss {last:.4f}" if isinstance(last, float) else "")
-         + "; nothing to do (to train longer, start a new run with more run.steps)" if dist.is_main else None)
+    done = (f"its {run.time_budget_s:g} s time budget is spent ({progress.step} steps)" if budget_spent
+            else f"{progress.step} of {run.steps} steps")
+    more = "run.time_budget_s" if budget_spent else "run.steps"
+    _say(f"the run already finished: {done}" + (f", validation loss {last:.4f}" if isinstance(last, float) else "")
+         + f"; nothing to do (to train longer, start a new run with more {more})" if dist.is_main else None)
     return TrainResult(run_directory.path, progress.step, progress.tokens, progress.wall_s,
-                       last if isinstance(last, float) else math.nan, "steps")
+                       last if isinstance(last, float) else math.nan, "time budget" if budget_spent else "steps")
 
 
 def _say(note: str | None) -> None:
