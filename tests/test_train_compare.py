@@ -99,8 +99,8 @@ def test_the_header_says_what_was_measured(tiny_config):
     assert "ffn        reference" in result.output and "swiglu: x (3, 16, 32), d_ff 64" in result.output
 
 
-@pytest.mark.parametrize(("device", "message"), [("tpu", "is not a device torch knows"),
-                                                  ("mps", "this machine has no mps device")])
+@pytest.mark.parametrize(("device", "message"), [("tpu", "is not a device; use auto"),
+                                                  ("mps", "but MPS is not available here")])
 def test_a_device_that_is_not_there_is_one_line_of_error(tiny_config, device, message):
     import torch
 

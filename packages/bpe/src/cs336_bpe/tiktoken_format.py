@@ -18,7 +18,10 @@ tiktoken returns our ids unchanged, with nothing to map:
 
 `tiktoken_ranks` checks that promise and refuses, naming the token, a vocabulary that breaks it: merged tokens
 whose ids do not grow with the merge order (a hand-made or reordered vocabulary), or a token of several bytes
-that no merge produces (tiktoken would join pieces into it; our encoder never does).
+that no merge produces (tiktoken would join pieces into it; our encoder never does). One case it does not catch:
+tiktoken joins any two adjacent pieces whose concatenation has a rank, even if that pair is not a merge (merges
+(a,b), (b,c), (a,bc) give "abc" = [ab, c] for us and [abc] for tiktoken). Tokenizers trained here cannot have
+it (not seen in any; not proven); a vocabulary read from someone else's tokenizer.json can.
 
 A ``.tiktoken`` file holds neither the pre-tokenization regex nor the special tokens, so they go beside it in
 ``tiktoken_config.json`` (`pat_str`: GPT-2's pattern, which is ours; `special_tokens`). `tiktoken_encoding`

@@ -297,16 +297,14 @@ def shape(tensor: "Tensor") -> str:
 
 
 def usable_device(name: str) -> "torch.device":
-    import torch
+    """The --device to compare on: runtime.resolve_device's rules and messages, as a TrainError."""
+    from cs336_train.errors import ConfigError
+    from cs336_train.runtime import resolve_device
 
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainError(f"--device {name!r} is not a device torch knows; use cpu, cuda, cuda:N or mps") from None
-    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-    if device.type in available and not available[device.type]():
-        raise TrainError(f"--device {name!r}: this machine has no {device.type} device (try --device cpu)")
-    return device
+        return resolve_device(name, setting="--device")
+    except ConfigError as error:
+        raise TrainError(str(error)) from None
 
 
 def load_config(config_name: str, overrides: list[str]) -> "TrainConfig":
