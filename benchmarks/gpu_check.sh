@@ -56,7 +56,8 @@ section "2. tests on $DEVICE"
 CS336_TEST_DEVICE="$DEVICE" $RUN pytest -q -x "${TESTS[@]}"
 
 section "3. ATen operations per forward+backward"
-$RUN python benchmarks/ops_per_step.py ${OPS_ARGS[@]+"${OPS_ARGS[@]}"}  # (empty-array safe on bash < 4.4) | tee "$OUT/ops_per_step.txt"
+# ${ARRAY[@]+"${ARRAY[@]}"}: an empty array is no argument, also on bash < 4.4 under set -u
+$RUN python benchmarks/ops_per_step.py ${OPS_ARGS[@]+"${OPS_ARGS[@]}"} | tee "$OUT/ops_per_step.txt"
 
 section "4. training speed against the built-ins anchor"
 $RUN python benchmarks/lm_benchmark.py --device "$DEVICE" "${LM_ARGS[@]}" | tee "$OUT/lm_benchmark.txt"
