@@ -271,7 +271,8 @@ def learn_merges(
     num_words = len(table.counts)
     if num_words == 0 or num_merges <= 0:
         return []
-    base = max(vocab) + 1 + num_merges  # larger than any token id, so left * base + right is one pair's code
+    next_id = max(vocab) + 1  # merged tokens take the ids after every existing one (no gaps are assumed)
+    base = next_id + num_merges  # larger than any token id, so left * base + right is one pair's code
 
     pair_counts, words_of_pair = _count_all_pairs(table, base)
     order_key = {token_id: _descending_key(token) for token_id, token in vocab.items()}
@@ -299,7 +300,7 @@ def learn_merges(
             break
 
         first, second = divmod(best, base)
-        merged = len(vocab)
+        merged, next_id = next_id, next_id + 1
         vocab[merged] = vocab[first] + vocab[second]
         order_key[merged] = _descending_key(vocab[merged])
         merges.append((vocab[first], vocab[second]))
